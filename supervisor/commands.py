@@ -1,0 +1,142 @@
+"""The control commands: one method each, named cmd_<command>.
+
+Each takes the request's args and a Reply, and answers now or later; none
+of them blocks.  A command that waits (start, stop, restart, shutdown)
+registers a waiter and replies when the workers reach their target state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from . import __version__
+from .config import parse_signal
+from .control import Reply
+from .states import PROCESS_ALIVE, Event, State
+from .supervisor import Supervisor, UnknownName, start_settled, stop_settled
+from .worker import Instance
+
+
+class BadArgs(Exception):
+    pass
+
+
+def outcome(instances: list[Instance], wanted: State) -> list[dict[str, Any]]:
+    rows = []
+    for instance in instances:
+        ok = instance.state is wanted
+        error = None if ok else f"{instance.state.value}"
+        rows.append({"name": instance.name, "state": instance.state.value, "ok": ok,
+                     "error": error})
+    return rows
+
+
+class Commands:
+    def __init__(self, supervisor: Supervisor, shutdown: Callable[[Callable[[], None]], None],
+                 is_shutting_down: Callable[[], bool]) -> None:
+        self.supervisor = supervisor
+        self.shutdown = shutdown
+        self.is_shutting_down = is_shutting_down
+        self.started_at = time.monotonic()
+
+    def dispatch(self, cmd: str, args: dict[str, Any], reply: Reply) -> None:
+        handler = getattr(self, f"cmd_{cmd}", None)
+        if handler is None:
+            reply.error("unknown_command", f"unknown command: {cmd}")
+            return
+        try:
+            handler(args, reply)
+        except BadArgs as exc:
+            reply.error("bad_args", str(exc))
+        except UnknownName as exc:
+            reply.error("no_such_worker", str(exc))
+
+    # -- helpers ----------------------------------------------------------
+    def _instances(self, args: dict[str, Any]) -> list[Instance]:
+        names = args.get("names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadArgs("'names' must be a list of strings")
+        return self.supervisor.resolve(names)
+
+    def _refuse_during_shutdown(self, reply: Reply) -> bool:
+        if self.is_shutting_down():
+            reply.error("shutting_down", "superd is shutting down")
+            return True
+        return False
+
+    # -- commands ---------------------------------------------------------
+    def cmd_ping(self, args: dict[str, Any], reply: Reply) -> None:
+        """Daemon version, pid and uptime in seconds."""
+        reply.ok({"version": __version__, "pid": os.getpid(),
+                  "uptime": round(time.monotonic() - self.started_at, 3)})
+
+    def cmd_status(self, args: dict[str, Any], reply: Reply) -> None:
+        """One row per named instance (all when none are named)."""
+        reply.ok(self.supervisor.status_rows(self._instances(args)))
+
+    def cmd_start(self, args: dict[str, Any], reply: Reply) -> None:
+        """Start instances; with wait (default) reply once RUNNING or FATAL."""
+        instances, wait = self._instances(args), _wait_flag(args)
+        if self._refuse_during_shutdown(reply):
+            return
+        for instance in instances:
+            instance.handle(Event.START)
+        self._reply_when_started(instances, wait, reply)
+
+    def cmd_stop(self, args: dict[str, Any], reply: Reply) -> None:
+        """Stop instances; reply once every one is STOPPED."""
+        instances = self._instances(args)
+        for instance in instances:
+            instance.handle(Event.STOP)
+        self.supervisor.wait(instances, stop_settled,
+                             lambda: reply.ok(outcome(instances, State.STOPPED)))
+
+    def cmd_restart(self, args: dict[str, Any], reply: Reply) -> None:
+        """Stop (if running) then start instances; reply as start does."""
+        instances, wait = self._instances(args), _wait_flag(args)
+        if self._refuse_during_shutdown(reply):
+            return
+        for instance in instances:
+            if instance.state in PROCESS_ALIVE:
+                instance.handle(Event.STOP)
+            instance.handle(Event.START)
+        self._reply_when_started(instances, wait, reply)
+
+    def cmd_signal(self, args: dict[str, Any], reply: Reply) -> None:
+        """Send a signal to the process group of each running instance."""
+        try:
+            signum = parse_signal(args.get("signal"))
+        except ValueError as exc:
+            raise BadArgs(str(exc)) from None
+        rows = []
+        for instance in self._instances(args):
+            if instance.pid is None:
+                rows.append({"name": instance.name, "state": instance.state.value,
+                             "ok": False, "error": "not running"})
+                continue
+            self.supervisor.killpg(instance.pid, signum)
+            rows.append({"name": instance.name, "state": instance.state.value,
+                         "ok": True, "error": None})
+        reply.ok(rows)
+
+    def cmd_shutdown(self, args: dict[str, Any], reply: Reply) -> None:
+        """Stop every worker, reply, then the daemon exits."""
+        self.shutdown(lambda: reply.ok({}))
+
+    # -- shared -----------------------------------------------------------
+    def _reply_when_started(self, instances: list[Instance], wait: bool, reply: Reply) -> None:
+        if not wait:
+            reply.ok([{"name": i.name, "state": i.state.value, "ok": i.state is not State.FATAL,
+                       "error": None} for i in instances])
+            return
+        self.supervisor.wait(instances, start_settled,
+                             lambda: reply.ok(outcome(instances, State.RUNNING)))
+
+
+def _wait_flag(args: dict[str, Any]) -> bool:
+    wait = args.get("wait", True)
+    if not isinstance(wait, bool):
+        raise BadArgs("'wait' must be true or false")
+    return wait

@@ -1,0 +1,300 @@
+"""`superd`: command line, detaching, pidfile, control socket, shutdown.
+
+Start-up order matters: lock the pidfile, bind the control socket, launch
+the autostart workers, and only then tell the launching process (through the
+readiness pipe) that the daemon is up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Callable
+
+from . import __version__
+from .commands import Commands
+from .config import Config, ConfigError, find_path, load
+from .control import ControlServer
+from .loop import Loop, Timer
+from .notify import notify
+from .spawn import become_subreaper
+from .supervisor import Supervisor, stop_settled
+from .states import Event
+
+log = logging.getLogger("superd")
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is the one line users see."""
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = Loop()
+        self.supervisor = Supervisor(config, self.loop)
+        self.pidfile_fd: int | None = None
+        self.control: ControlServer | None = None
+        self.shutdown_callbacks: list[Callable[[], None]] = []
+        self.shutdown_timer: Timer | None = None
+
+    # -- start-up ---------------------------------------------------------
+    def start(self) -> None:
+        self.pidfile_fd = lock_pidfile(self.config.daemon.pidfile)
+        sock = bind_control_socket(self.config)
+        commands = Commands(self.supervisor, self.shutdown, lambda: self.shutting_down)
+        self.control = ControlServer(self.loop, sock, self.config.daemon.socket,
+                                     self.config.daemon.socket_group, commands.dispatch)
+        self.loop.add_signal(signal.SIGCHLD, self.supervisor.reap)
+        self.loop.add_signal(signal.SIGTERM, lambda: self.shutdown(None))
+        self.loop.add_signal(signal.SIGINT, lambda: self.shutdown(None))
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            self.loop.add_signal(signum, _not_yet(signum))
+        become_subreaper()
+        self.supervisor.autostart()
+        log.info("superd %s started (pid %d) on %s", __version__, os.getpid(),
+                 self.config.daemon.socket)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.shutdown_timer is not None
+
+    def run(self) -> None:
+        self.loop.run()
+
+    # -- shutdown ---------------------------------------------------------
+    def shutdown(self, on_done: Callable[[], None] | None) -> None:
+        if on_done is not None:
+            self.shutdown_callbacks.append(on_done)
+        if self.shutting_down:
+            return
+        log.info("shutting down")
+        notify("STOPPING=1")
+        timeout = self.config.daemon.shutdown_timeout
+        self.shutdown_timer = self.loop.call_later(timeout, self._shutdown_overdue)
+        instances = list(self.supervisor.instances.values())
+        for instance in reversed(instances):
+            instance.handle(Event.STOP)
+        self.supervisor.wait(instances, stop_settled, self._finish_shutdown)
+
+    def _shutdown_overdue(self) -> None:
+        log.warning("shutdown_timeout passed; killing what is left")
+        self.supervisor.kill_everything()
+
+    def _finish_shutdown(self) -> None:
+        for callback in self.shutdown_callbacks:
+            callback()
+        self.loop.stop()
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        if self.pidfile_fd is not None:
+            _unlink(self.config.daemon.pidfile)
+            os.close(self.pidfile_fd)
+        self.loop.close()
+        log.info("superd stopped")
+
+# -- start-up helpers -------------------------------------------------------
+def make_runtime_dirs(config: Config) -> None:
+    daemon = config.daemon
+    paths = [daemon.socket, daemon.pidfile, daemon.log_file]
+    supervisor_dirs = {daemon.log_dir}
+    for worker in config.workers.values():
+        for log_file in (worker.stdout.file, worker.stderr.file):
+            if log_file:
+                paths.append(log_file)
+    for folder in supervisor_dirs | {os.path.dirname(p) for p in paths}:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create {folder}: {exc.strerror}") from None
+
+def lock_pidfile(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StartupError(f"cannot open pidfile {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartupError(f"superd is already running (pid {owner}, pidfile {path})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+def bind_control_socket(config: Config) -> socket.socket:
+    path = config.daemon.socket
+    if os.path.exists(path):
+        if socket_is_live(path):
+            raise StartupError(f"a live daemon already listens on {path}")
+        _unlink(path)  # left behind by a daemon that died
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind under a tight umask so the socket is never, even briefly, wider
+    # than socket_mode.
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot bind control socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, config.daemon.socket_mode)
+    if config.daemon.socket_group:
+        import grp
+
+        os.chown(path, -1, grp.getgrnam(config.daemon.socket_group).gr_gid)
+    sock.listen(128)
+    return sock
+
+def socket_is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+def _not_yet(signum: int) -> Callable[[], None]:
+    name = signal.Signals(signum).name
+    return lambda: log.warning("%s received: not supported in this version; ignored", name)
+
+# -- running ----------------------------------------------------------------
+def run_daemon(config: Config, ready: Callable[[str | None], None]) -> int:
+    """Start, report readiness (None) or the reason for failing, then serve."""
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+    except StartupError as exc:
+        ready(str(exc))
+        return 1
+    ready(None)
+    try:
+        daemon.run()
+    finally:
+        daemon.close()
+    return 0
+
+def detach(config: Config) -> int:
+    """Double fork; the launcher exits only once the daemon is ready (or not)."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        return _await_readiness(read_end, config)
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    _redirect_stdio(config.daemon.log_file)
+    setup_logging(timestamps=True)
+
+    def ready(error: str | None) -> None:
+        os.write(write_end, b"ok\n" if error is None else f"error {error}\n".encode())
+        os.close(write_end)
+
+    code = 1
+    try:
+        code = run_daemon(config, ready)
+    except BaseException:
+        log.exception("superd crashed")
+    finally:
+        os._exit(code)
+
+def _await_readiness(read_end: int, config: Config) -> int:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(read_end, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    os.wait()  # the intermediate child exits at once
+    message = data.decode(errors="replace").strip()
+    if message == "ok":
+        return 0
+    if message.startswith("error "):
+        print(f"superd: {message[6:]}", file=sys.stderr)
+    else:
+        print(f"superd: daemon died during start-up; see {config.daemon.log_file}",
+              file=sys.stderr)
+    return 1
+
+def _redirect_stdio(log_file: str) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        out = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+
+def setup_logging(timestamps: bool) -> None:
+    fmt = "%(asctime)s %(levelname)s %(message)s" if timestamps else "%(levelname)s %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+def run_foreground(config: Config) -> int:
+    setup_logging(timestamps="JOURNAL_STREAM" not in os.environ)
+
+    def ready(error: str | None) -> None:
+        if error is None:
+            notify("READY=1")
+        else:
+            print(f"superd: {error}", file=sys.stderr)
+
+    return run_daemon(config, ready)
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="superd", description="superd process supervisor")
+    parser.add_argument("-c", "--config", help="config file (default: $SUPERD_CONFIG or "
+                        "the system/user default)")
+    parser.add_argument("--foreground", action="store_true",
+                        help="do not detach; log to stderr (for systemd and containers)")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument("--version", action="version", version=f"superd {__version__}")
+    return parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = find_path(args.config)
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{path}: ok ({len(config.workers)} workers)")
+        return 0
+    try:
+        make_runtime_dirs(config)
+        if args.foreground:
+            return run_foreground(config)
+        return detach(config)
+    except StartupError as exc:
+        print(f"superd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,153 @@
+"""The one event loop: a selector, a heap of timers and signal wake-ups.
+
+Signal handlers do nothing but let CPython write the signal number to the
+wake-up pipe; the loop reads it and runs the registered callback in normal
+code.  The loop's only blocking call is select() with the next timer's
+deadline as its timeout, so an idle daemon never wakes up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import time
+from typing import Callable
+
+Callback = Callable[[], None]
+
+
+class Timer:
+    __slots__ = ("deadline", "callback", "cancelled")
+
+    def __init__(self, deadline: float, callback: Callback) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._sequence = itertools.count()
+        self._readers: dict[int, Callback] = {}
+        self._writers: dict[int, Callback] = {}
+        self._signal_callbacks: dict[int, Callback] = {}
+        self._running = False
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+
+    # -- file descriptors -------------------------------------------------
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._readers[fd] = callback
+        self._update(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        self._readers.pop(fd, None)
+        self._update(fd)
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        self._writers[fd] = callback
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        self._writers.pop(fd, None)
+        self._update(fd)
+
+    def _update(self, fd: int) -> None:
+        mask = (selectors.EVENT_READ if fd in self._readers else 0) | (
+            selectors.EVENT_WRITE if fd in self._writers else 0
+        )
+        registered = fd in self._selector.get_map()
+        if mask and registered:
+            self._selector.modify(fd, mask)
+        elif mask:
+            self._selector.register(fd, mask)
+        elif registered:
+            self._selector.unregister(fd)
+
+    # -- timers -----------------------------------------------------------
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        return self.call_at(time.monotonic() + max(0.0, delay), callback)
+
+    def call_at(self, deadline: float, callback: Callback) -> Timer:
+        timer = Timer(deadline, callback)
+        heapq.heappush(self._timers, (deadline, next(self._sequence), timer))
+        return timer
+
+    def _next_timeout(self) -> float | None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    # -- signals ----------------------------------------------------------
+    def add_signal(self, signum: int, callback: Callback) -> None:
+        self._signal_callbacks[signum] = callback
+        signal.signal(signum, _wake_only)
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+
+    def _drain_signals(self) -> None:
+        received: list[int] = []
+        while True:
+            try:
+                data = os.read(self._wake_read, 512)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            received.extend(data)
+        # Several identical signals mean one piece of work (one reap pass).
+        for signum in dict.fromkeys(received):
+            callback = self._signal_callbacks.get(signum)
+            if callback is not None:
+                callback()
+
+    # -- running ----------------------------------------------------------
+    def run(self) -> None:
+        self._running = True
+        while self._running:
+            events = self._selector.select(self._next_timeout())
+            # Signals first: a child that died is reaped before any request
+            # or timer can act on a stale picture of it.
+            ready = sorted(events, key=lambda event: event[0].fd != self._wake_read)
+            for key, mask in ready:
+                self._dispatch(key.fd, mask)
+            self._run_due_timers()
+
+    def _dispatch(self, fd: int, mask: int) -> None:
+        if fd == self._wake_read:
+            self._drain_signals()
+            return
+        if mask & selectors.EVENT_READ and fd in self._readers:
+            self._readers[fd]()
+        if mask & selectors.EVENT_WRITE and fd in self._writers:
+            self._writers[fd]()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """CPython has already written signum to the wake-up fd; nothing to do."""

@@ -1,0 +1,127 @@
+"""Starting a worker process: fork, then the child side up to exec.
+
+The child never returns into the daemon's code: any failure before exec is
+written to its stderr (the worker's log) and ends the child with status 127,
+which the parent sees as a failed start like any other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import pwd
+import signal
+import sys
+from dataclasses import dataclass
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+EXEC_FAILED = 127
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """Everything the child needs, computed in the parent before fork."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    directory: str
+    umask: int
+    user: str | None
+    stdout_path: str
+    stderr_path: str | None  # None: stderr goes where stdout goes
+
+
+def spawn(spec: SpawnSpec) -> int:
+    """Fork a worker in its own session and return its pid (the group id too)."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _become_worker(spec, parent)
+        except BaseException as exc:  # noqa: BLE001 - the child must never return
+            _report(f"superd: cannot start {spec.argv[0]!r}: {exc}")
+        finally:
+            os._exit(EXEC_FAILED)
+    return pid
+
+
+def _become_worker(spec: SpawnSpec, parent: int) -> None:
+    signal.set_wakeup_fd(-1)
+    _reset_signals()
+    _die_with(parent)
+    os.setsid()
+    _redirect_stdio(spec)
+    os.umask(spec.umask)
+    env = dict(spec.env)
+    if spec.user is not None:
+        _switch_user(spec.user, env)
+    os.chdir(spec.directory)
+    os.execvpe(spec.argv[0], spec.argv, env)
+
+
+def _reset_signals() -> None:
+    # CPython ignores SIGPIPE and SIGXFSZ; exec keeps ignored signals ignored,
+    # so a worker would inherit that surprise unless it is undone here.
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
+                   signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _die_with(parent: int) -> None:
+    """Ask the kernel to SIGKILL us if the daemon dies, so no worker outlives it."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the daemon died before prctl took effect
+        os._exit(EXEC_FAILED)
+
+
+def _redirect_stdio(spec: SpawnSpec) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    out = _open_log(spec.stdout_path)
+    os.dup2(out, 1)
+    os.dup2(_open_log(spec.stderr_path) if spec.stderr_path else out, 2)
+
+
+def _open_log(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+
+def _switch_user(user: str, env: dict[str, str]) -> None:
+    entry = pwd.getpwnam(user)
+    if os.geteuid() != 0:
+        if entry.pw_uid != os.geteuid():
+            raise PermissionError(f"only root can run workers as {user!r}")
+        return
+    os.initgroups(entry.pw_name, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    env.setdefault("HOME", entry.pw_dir)
+    env.setdefault("USER", entry.pw_name)
+    env.setdefault("LOGNAME", entry.pw_name)
+
+
+def _report(message: str) -> None:
+    try:
+        os.write(2, message.encode(errors="replace") + b"\n")
+    except OSError:
+        pass
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, value: int) -> None:
+    if _libc().prctl(option, value, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def become_subreaper() -> None:
+    """Orphans of our workers are re-parented to us, so we reap them too."""
+    if sys.platform.startswith("linux"):
+        prctl(PR_SET_CHILD_SUBREAPER, 1)

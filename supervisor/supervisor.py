@@ -1,0 +1,227 @@
+"""The workers as a whole: spawning, reaping, routing deaths, waiting on
+states, and shutdown.  Runs entirely inside the loop and never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .config import Config, log_name
+from .loop import Loop, Timer
+from .spawn import SpawnSpec, spawn
+from .states import Event, State
+from .worker import Instance
+
+log = logging.getLogger("superd")
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class UnknownName(Exception):
+    pass
+
+
+@dataclass
+class Waiter:
+    """Calls back once every instance satisfies `done`."""
+
+    instances: list[Instance]
+    done: Callable[[Instance], bool]
+    callback: Callable[[], None]
+
+    def settled(self) -> bool:
+        return all(self.done(instance) for instance in self.instances)
+
+
+def start_settled(instance: Instance) -> bool:
+    if instance.state in (State.RUNNING, State.FATAL):
+        return True
+    pending = instance.start_after_stop
+    return instance.state in (State.STOPPED, State.EXITED) and not pending
+
+
+def stop_settled(instance: Instance) -> bool:
+    return instance.state in (State.STOPPED, State.EXITED, State.FATAL)
+
+
+class Supervisor:
+    def __init__(self, config: Config, loop: Loop) -> None:
+        self.config = config
+        self.loop = loop
+        self.instances: dict[str, Instance] = {}
+        self.by_pid: dict[int, Instance] = {}
+        self.listeners: list[Listener] = []
+        self.waiters: list[Waiter] = []
+        for worker in config.workers.values():
+            for index in range(worker.numprocs):
+                instance = Instance(worker, index, self)
+                self.instances[instance.name] = instance
+
+    # -- Runtime, as seen by Instance -------------------------------------
+    def spawn(self, instance: Instance) -> int:
+        stdout, stderr = log_paths(self.config, instance)
+        worker = instance.config
+        spec = SpawnSpec(argv=worker.command, env=spawn_environment(instance),
+                         directory=worker.directory, umask=worker.umask, user=worker.user,
+                         stdout_path=stdout, stderr_path=stderr)
+        try:
+            pid = spawn(spec)
+        except OSError as exc:
+            log.error("%s: cannot fork: %s", instance.name, exc)
+            raise
+        self.by_pid[pid] = instance
+        log.info("%s: spawned pid %d: %s", instance.name, pid, " ".join(instance.config.command))
+        return pid
+
+    def killpg(self, pgid: int, signum: int) -> None:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            # Between fork and the child's setsid() there is no group yet.
+            try:
+                os.kill(pgid, signum)
+            except ProcessLookupError:
+                pass
+        except PermissionError as exc:
+            log.error("cannot signal group %d: %s", pgid, exc)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.loop.call_later(delay, callback)
+
+    def transition(self, instance: Instance, old: State, new: State) -> None:
+        log.info("%s: %s -> %s%s", instance.name, old.value, new.value, _detail(instance, new))
+        event = {"event": "state", "name": instance.name, "from": old.value,
+                 "to": new.value, "pid": instance.pid, "time": time.time()}
+        if new in (State.EXITED, State.BACKOFF, State.FATAL, State.STOPPED):
+            event["exit_status"] = instance.exit_status
+        for listener in list(self.listeners):
+            listener(event)
+        self._wake_waiters()
+
+    # -- reaping ----------------------------------------------------------
+    def reap(self) -> None:
+        """Collect every child that has exited; route each to its instance."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            instance = self.by_pid.pop(pid, None)
+            if instance is None or instance.pid != pid:
+                log.info("reaped pid %d (%s), not a worker", pid, _describe(status))
+                continue
+            log.info("%s: pid %d %s", instance.name, pid, _describe(status))
+            instance.died(status)
+
+    # -- operations -------------------------------------------------------
+    def resolve(self, names: list[str]) -> list[Instance]:
+        """Expand `all`, worker names and instance names; keep order, no repeats."""
+        found: dict[str, Instance] = {}
+        for name in names or ["all"]:
+            matches = self._match(name)
+            if not matches:
+                raise UnknownName(f"no such worker: {name}")
+            found.update((instance.name, instance) for instance in matches)
+        return list(found.values())
+
+    def _match(self, name: str) -> list[Instance]:
+        if name == "all":
+            return list(self.instances.values())
+        if name in self.instances:
+            return [self.instances[name]]
+        return [i for i in self.instances.values() if i.config.name == name]
+
+    def wait(self, instances: list[Instance], done: Callable[[Instance], bool],
+             callback: Callable[[], None]) -> None:
+        waiter = Waiter(instances, done, callback)
+        if waiter.settled():
+            callback()
+        else:
+            self.waiters.append(waiter)
+
+    def _wake_waiters(self) -> None:
+        settled = [waiter for waiter in self.waiters if waiter.settled()]
+        for waiter in settled:
+            self.waiters.remove(waiter)
+            waiter.callback()
+
+    def autostart(self) -> None:
+        for instance in self.instances.values():
+            if instance.config.autostart:
+                instance.handle(Event.START)
+
+    def all_stopped(self) -> bool:
+        return all(instance.pid is None for instance in self.instances.values())
+
+    def kill_everything(self) -> None:
+        for instance in self.instances.values():
+            if instance.pid is not None:
+                self.killpg(instance.pid, signal.SIGKILL)
+
+    # -- status -----------------------------------------------------------
+    def status_rows(self, instances: list[Instance]) -> list[dict[str, Any]]:
+        return [status_row(instance) for instance in instances]
+
+
+def status_row(instance: Instance) -> dict[str, Any]:
+    uptime = instance.uptime()
+    return {
+        "name": instance.name,
+        "worker": instance.config.name,
+        "state": instance.state.value,
+        "pid": instance.pid,
+        "uptime": None if uptime is None else round(uptime, 3),
+        "restarts": instance.restarts,
+        "exit_status": instance.exit_status,
+        "cpu_percent": None,
+        "rss_bytes": None,
+        "description": describe_exit(instance.exit_status) if instance.pid is None else "",
+    }
+
+
+def describe_exit(exit_status: int | None) -> str:
+    if exit_status is None:
+        return ""
+    if exit_status < 0:
+        try:
+            return f"killed by {signal.Signals(-exit_status).name}"
+        except ValueError:
+            return f"killed by signal {-exit_status}"
+    return f"exit {exit_status}"
+
+
+def _describe(wait_status: int) -> str:
+    return describe_exit(os.waitstatus_to_exitcode(wait_status)).replace("exit", "exited", 1)
+
+
+def _detail(instance: Instance, new: State) -> str:
+    if new in (State.STARTING, State.RUNNING) and instance.pid is not None:
+        return f" (pid {instance.pid})"
+    if new in (State.EXITED, State.BACKOFF, State.FATAL):
+        return f" ({describe_exit(instance.exit_status)})"
+    return ""
+
+
+def spawn_environment(instance: Instance) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(instance.config.environment)
+    env["SUPERD_NAME"] = instance.name
+    env["SUPERD_INSTANCE"] = str(instance.index)
+    return env
+
+
+def log_paths(config: Config, instance: Instance) -> tuple[str, str | None]:
+    """Where the instance's stdout and stderr go (None: stderr joins stdout)."""
+    worker = instance.config
+    base = os.path.join(config.daemon.log_dir, log_name(instance.name))
+    stdout = worker.stdout.file or base + ".out.log"
+    if worker.stderr.merge:
+        return stdout, None
+    return stdout, worker.stderr.file or base + ".err.log"

@@ -1,0 +1,174 @@
+"""One worker instance and its state machine.
+
+Instance knows nothing about waitpid(-1), sockets or the loop: it acts
+through a narrow Runtime (spawn, killpg, timers, transition reports), so its
+transitions can be tested with a fake runtime and no real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from typing import Callable, Protocol
+
+from .config import WorkerConfig
+from .states import ALLOWED, TRANSITIONS, Event, State
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Runtime(Protocol):
+    def spawn(self, instance: Instance) -> int: ...
+    def killpg(self, pgid: int, signum: int) -> None: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+    def transition(self, instance: Instance, old: State, new: State) -> None: ...
+
+
+def backoff_delay(initial: float, cap: float, failures: int, rng: random.Random) -> float:
+    """Exponential in the number of failures, capped, with jitter in [d/2, d]."""
+    delay = min(cap, initial * 2 ** max(0, failures - 1))
+    return delay * rng.uniform(0.5, 1.0)
+
+
+class Instance:
+    def __init__(self, config: WorkerConfig, index: int, runtime: Runtime) -> None:
+        self.config = config
+        self.index = index
+        self.name = config.name if config.numprocs == 1 else f"{config.name}:{index}"
+        self.runtime = runtime
+        self.state = State.STOPPED
+        self.pid: int | None = None
+        self.started_at: float | None = None  # monotonic time of the last spawn
+        self.exit_status: int | None = None  # exit code, or -SIGNUM
+        self.restarts = 0
+        self.failures = 0  # failed starts in a row
+        self.start_after_stop = False
+        self.rng = random.Random()
+        self._timer: TimerHandle | None = None
+
+    # -- the public face: events in --------------------------------------
+    def handle(self, event: Event) -> None:
+        getattr(self, "_" + TRANSITIONS[(self.state, event)])()
+
+    def died(self, wait_status: int) -> None:
+        """The main process was reaped: sweep its group, then decide."""
+        pgid = self.pid
+        self.pid = None
+        self.exit_status = os.waitstatus_to_exitcode(wait_status)
+        if pgid is not None:
+            # Whatever the worker left in its group goes with it, so a restart
+            # never finds a stray grandchild holding its port or files.
+            self.runtime.killpg(pgid, signal.SIGKILL)
+        self.handle(Event.DIED)
+
+    def uptime(self) -> float | None:
+        if self.pid is None or self.started_at is None:
+            return None
+        return time.monotonic() - self.started_at
+
+    # -- handlers named in states.TRANSITIONS ----------------------------
+    def _ignore(self) -> None:
+        pass
+
+    def _spawn(self) -> None:
+        self.failures = 0
+        self.start_after_stop = False
+        self._launch()
+
+    def _respawn(self) -> None:
+        self.restarts += 1
+        self._launch()
+
+    def _mark_running(self) -> None:
+        self._cancel_timer()
+        self.failures = 0
+        self._enter(State.RUNNING)
+
+    def _start_failed(self) -> None:
+        self._cancel_timer()
+        self.failures += 1
+        if self.failures > self.config.startretries:
+            self._enter(State.FATAL)
+            return
+        backoff = self.config.backoff
+        delay = backoff_delay(backoff.initial, backoff.max, self.failures, self.rng)
+        self._enter(State.BACKOFF)
+        self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
+
+    def _exited(self) -> None:
+        self._enter(State.EXITED)
+        if self._should_restart():
+            self.restarts += 1
+            self._launch()
+
+    def _begin_stop(self) -> None:
+        self._cancel_timer()
+        self._enter(State.STOPPING)
+        assert self.pid is not None
+        self.runtime.killpg(self.pid, self.config.stopsignal)
+        self._timer = self.runtime.call_later(
+            self.config.stoptimeout, lambda: self.handle(Event.KILL)
+        )
+
+    def _kill_group(self) -> None:
+        if self.pid is not None:
+            self.runtime.killpg(self.pid, signal.SIGKILL)
+
+    def _stopped(self) -> None:
+        self._cancel_timer()
+        self._enter(State.STOPPED)
+        if self.start_after_stop:
+            self._spawn()
+
+    def _start_after_stop(self) -> None:
+        self.start_after_stop = True
+
+    def _cancel_retry(self) -> None:
+        self._cancel_timer()
+        self._enter(State.STOPPED)
+
+    def _forget_exit(self) -> None:
+        self._enter(State.STOPPED)
+
+    # -- mechanics -------------------------------------------------------
+    def _launch(self) -> None:
+        try:
+            self.pid = self.runtime.spawn(self)
+        except OSError:
+            self.pid = None
+            self._enter(State.STARTING)
+            self._start_failed()
+            return
+        self.started_at = time.monotonic()
+        self._enter(State.STARTING)
+        if self.config.startsecs <= 0:
+            self._mark_running()
+        else:
+            self._timer = self.runtime.call_later(
+                self.config.startsecs, lambda: self.handle(Event.UP)
+            )
+
+    def _should_restart(self) -> bool:
+        policy = self.config.autorestart
+        if policy == "always":
+            return True
+        if policy == "never":
+            return False
+        status = self.exit_status
+        return status is None or status < 0 or status not in self.config.exitcodes
+
+    def _enter(self, new: State) -> None:
+        old = self.state
+        if new not in ALLOWED[old]:
+            raise AssertionError(f"{self.name}: illegal transition {old.value} -> {new.value}")
+        self.state = new
+        self.runtime.transition(self, old, new)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
