@@ -1,0 +1,171 @@
+"""The state machine without processes: a fake runtime stands in for fork/kill/timers."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from supervisor.config import WorkerConfig, load
+from supervisor.states import ALLOWED, TRANSITIONS, Event, State
+from supervisor.worker import Instance, backoff_delay
+
+
+class FakeTimer:
+    def __init__(self, delay: float, callback: Callable[[], None]) -> None:
+        self.delay = delay
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeRuntime:
+    def __init__(self) -> None:
+        self.pids = itertools.count(100)
+        self.signals: list[tuple[int, int]] = []
+        self.timers: list[FakeTimer] = []
+        self.moves: list[tuple[State, State]] = []
+        self.fail_spawn = False
+
+    def spawn(self, instance: Instance) -> int:
+        if self.fail_spawn:
+            raise OSError("no fork for you")
+        return next(self.pids)
+
+    def killpg(self, pgid: int, signum: int) -> None:
+        self.signals.append((pgid, signum))
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def transition(self, instance: Instance, old: State, new: State) -> None:
+        self.moves.append((old, new))
+
+    def fire(self) -> FakeTimer:
+        """Run the one live timer, as the loop would at its deadline."""
+        live = [timer for timer in self.timers if not timer.cancelled]
+        assert len(live) == 1, live
+        live[0].cancelled = True
+        live[0].callback()
+        return live[0]
+
+
+def make_worker(tmp_path: Path, **changes: object) -> WorkerConfig:
+    path = tmp_path / "superd.yaml"
+    path.write_text("workers:\n  w:\n    command: [sleep, '1']\n")
+    return replace(load(str(path)).workers["w"], **changes)  # type: ignore[arg-type]
+
+
+EXIT_1 = 1 << 8  # a wait status for "exited with code 1"
+
+
+def test_table_is_total_and_names_real_handlers() -> None:
+    for state in State:
+        for event in Event:
+            handler = TRANSITIONS[(state, event)]
+            assert hasattr(Instance, "_" + handler), handler
+    assert set(ALLOWED) == set(State)
+
+
+def test_start_up_and_run(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startsecs=1.0), 0, runtime)
+    instance.handle(Event.START)
+    assert instance.state is State.STARTING and instance.pid == 100
+    assert runtime.fire().delay == 1.0
+    assert instance.state is State.RUNNING
+    assert runtime.moves == [(State.STOPPED, State.STARTING), (State.STARTING, State.RUNNING)]
+
+
+def test_startretries_allows_n_retries_then_fatal(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startretries=2), 0, runtime)
+    instance.handle(Event.START)
+    spawns = 1
+    while instance.state is not State.FATAL:
+        instance.died(EXIT_1)
+        if instance.state is State.BACKOFF:
+            runtime.fire()
+            spawns += 1
+    assert spawns == 3  # the first try + 2 retries
+    assert instance.exit_status == 1
+    instance.handle(Event.START)  # a user start leaves FATAL
+    assert instance.state is State.STARTING and instance.failures == 0
+
+
+def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startsecs=0.0, stoptimeout=2.0), 0, runtime)
+    instance.handle(Event.START)
+    assert instance.state is State.RUNNING
+    instance.handle(Event.STOP)
+    assert runtime.signals == [(100, signal.SIGTERM)]
+    assert runtime.fire().delay == 2.0
+    assert runtime.signals[-1] == (100, signal.SIGKILL)
+    instance.died(signal.SIGKILL)  # wait status of a death by SIGKILL
+    assert instance.state is State.STOPPED and instance.exit_status == -signal.SIGKILL
+
+
+@pytest.mark.parametrize(("policy", "status", "restarts"), [
+    ("always", EXIT_1, True), ("always", 0, True), ("never", EXIT_1, False),
+    ("on-failure", 0, False), ("on-failure", EXIT_1, True), ("on-failure", signal.SIGKILL, True),
+])
+def test_autorestart_policy(tmp_path: Path, policy: str, status: int, restarts: bool) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(tmp_path, startsecs=0.0, autorestart=policy, exitcodes=(0,))
+    instance = Instance(worker, 0, runtime)
+    instance.handle(Event.START)
+    instance.died(status)
+    if restarts:
+        assert instance.state is State.RUNNING and instance.restarts == 1
+    else:
+        assert instance.state is State.EXITED and instance.restarts == 0
+
+
+def test_restart_while_stopping_starts_after_the_stop(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startsecs=0.0), 0, runtime)
+    instance.handle(Event.START)
+    instance.handle(Event.STOP)
+    instance.handle(Event.START)
+    assert instance.state is State.STOPPING
+    instance.died(signal.SIGTERM)
+    assert instance.state is State.RUNNING and instance.pid == 101
+    assert (State.STOPPING, State.STOPPED) in runtime.moves
+
+
+def test_fork_failure_is_a_failed_start(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    runtime.fail_spawn = True
+    instance = Instance(make_worker(tmp_path), 0, runtime)
+    instance.handle(Event.START)
+    assert instance.state is State.BACKOFF and instance.pid is None
+
+
+def test_stop_during_backoff_cancels_the_retry(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path), 0, runtime)
+    instance.handle(Event.START)
+    instance.died(EXIT_1)
+    assert instance.state is State.BACKOFF
+    instance.handle(Event.STOP)
+    assert instance.state is State.STOPPED
+    assert all(timer.cancelled for timer in runtime.timers)
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    rng = random.Random(7)
+    delays = [backoff_delay(0.1, 1.0, failures, rng) for failures in range(1, 10)]
+    assert 0.05 <= delays[0] <= 0.1
+    assert max(delays) <= 1.0
+    assert delays[3] > 0.4  # 0.8 nominal, at least half of it
+    assert len(set(delays[5:])) > 1  # capped ones still spread out
