@@ -1,0 +1,385 @@
+"""superctl: talk to a running superd over its control socket.
+
+Exit codes: 0 ok, 1 a command failed, 2 usage or config error,
+3 `status` found an instance not RUNNING, 4 daemon unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from supervisor.client import Client, CommandFailed, DaemonUnreachable
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_UNREACHABLE = 4
+EXIT_INTERRUPTED = 130
+
+STATE_COLOURS = {
+    "RUNNING": "32",
+    "STARTING": "33",
+    "BACKOFF": "33",
+    "STOPPING": "33",
+    "FATAL": "31",
+    "EXITED": "31",
+}
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+Row = dict[str, Any]
+Handler = Callable[[Client, argparse.Namespace], int]
+
+
+class ConfigUnavailable(Exception):
+    """The socket path could not be read from the config."""
+
+
+class UnexpectedReply(Exception):
+    """superd's result does not have the shape this command expects."""
+
+
+# --- human formatting -------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str:
+    """Two most significant units: 5s, 3m12s, 2h05m, 3d04h; '-' for none."""
+    if seconds is None:
+        return "-"
+    days, rest = divmod(max(0, int(seconds)), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_bytes(size: int | None) -> str:
+    """Powers of 1024 with one decimal: 512B, 12.3M; '-' for none."""
+    if size is None:
+        return "-"
+    value = float(size)
+    unit = "B"
+    for larger in "KMGTP":
+        if value < 1024:
+            break
+        value /= 1024
+        unit = larger
+    return f"{size}B" if unit == "B" else f"{value:.1f}{unit}"
+
+
+def format_cpu(percent: float | None) -> str:
+    return "-" if percent is None else f"{percent:.1f}"
+
+
+def describe_exit(status: int) -> str:
+    """Wire exit_status is the exit code, or -SIGNUM for a death by signal."""
+    if status >= 0:
+        return f"exit {status}"
+    try:
+        return f"killed by {signal.Signals(-status).name}"
+    except ValueError:
+        return f"killed by signal {-status}"
+
+
+def exit_note(row: Row) -> str:
+    if row.get("state") == "RUNNING" or row.get("exit_status") is None:
+        return ""
+    return str(row.get("description") or describe_exit(int(row["exit_status"])))
+
+
+def paint_state(state: str, colour: bool) -> str:
+    code = STATE_COLOURS.get(state)
+    if not colour or code is None:
+        return state
+    return f"\x1b[{code}m{state}\x1b[0m"
+
+
+def wants_colour() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def visible_width(cell: str) -> int:
+    return len(ANSI_ESCAPE.sub("", cell))
+
+
+def render_table(table: list[list[str]]) -> list[str]:
+    """Left-align every column; cells may carry colour escapes."""
+    widths = [max(visible_width(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        "  ".join(
+            cell + " " * (width - visible_width(cell))
+            for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in table
+    ]
+
+
+def status_table(rows: list[Row], colour: bool) -> list[str]:
+    show_usage = any(
+        r.get("cpu_percent") is not None or r.get("rss_bytes") is not None for r in rows
+    )
+    notes = [exit_note(row) for row in rows]
+    show_notes = any(notes)
+    header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS"]
+    if show_usage:
+        header += ["CPU%", "RSS"]
+    if show_notes:
+        header.append("LAST EXIT")
+    table = [header]
+    for row, note in zip(rows, notes, strict=True):
+        cells = status_cells(row, colour)
+        if show_usage:
+            cells += [format_cpu(row.get("cpu_percent")), format_bytes(row.get("rss_bytes"))]
+        if show_notes:
+            cells.append(note)
+        table.append(cells)
+    return render_table(table)
+
+
+def status_cells(row: Row, colour: bool) -> list[str]:
+    return [
+        str(row["name"]),
+        paint_state(str(row["state"]), colour),
+        "-" if row.get("pid") is None else str(row["pid"]),
+        format_duration(row.get("uptime")),
+        str(row.get("restarts", 0)),
+    ]
+
+
+def outcome_line(row: Row, verb: str) -> str:
+    if row.get("ok"):
+        return f"{row['name']}: {verb}"
+    state = row.get("state") or "failed"
+    error = row.get("error")
+    return f"{row['name']}: {state} ({error})" if error else f"{row['name']}: {state}"
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
+# --- result shapes ----------------------------------------------------------
+
+
+def as_object(result: object) -> Row:
+    if not isinstance(result, dict):
+        raise UnexpectedReply("expected an object")
+    return result
+
+
+def as_rows(result: object) -> list[Row]:
+    if not isinstance(result, list) or not all(isinstance(row, dict) for row in result):
+        raise UnexpectedReply("expected a list of objects")
+    return result
+
+
+# --- commands ---------------------------------------------------------------
+
+
+def cmd_ping(client: Client, args: argparse.Namespace) -> int:
+    """Show the daemon's version, pid and uptime."""
+    info = as_object(client.request("ping", {}))
+    if args.json:
+        print_json(info)
+    else:
+        print(
+            f"superd {info['version']} pid {info['pid']} uptime {format_duration(info['uptime'])}"
+        )
+    return EXIT_OK
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    """Show instances; exit 3 unless every listed one is RUNNING."""
+    rows = as_rows(client.request("status", {"names": args.names}))
+    if args.json:
+        print_json(rows)
+    else:
+        print("\n".join(status_table(rows, wants_colour())))
+    all_running = all(row["state"] == "RUNNING" for row in rows)
+    return EXIT_OK if all_running else EXIT_NOT_RUNNING
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    """Start instances, by default waiting until RUNNING or FATAL."""
+    wire_args = {"names": args.names, "wait": not args.no_wait}
+    return run_action(client, args, "start", wire_args, "starting" if args.no_wait else "started")
+
+
+def cmd_stop(client: Client, args: argparse.Namespace) -> int:
+    """Stop instances, waiting until STOPPED."""
+    return run_action(client, args, "stop", {"names": args.names}, "stopped")
+
+
+def cmd_restart(client: Client, args: argparse.Namespace) -> int:
+    """Stop then start instances."""
+    wire_args = {"names": args.names, "wait": not args.no_wait}
+    return run_action(
+        client, args, "restart", wire_args, "restarting" if args.no_wait else "restarted"
+    )
+
+
+def cmd_signal(client: Client, args: argparse.Namespace) -> int:
+    """Send a signal to each instance's process group."""
+    sig: str | int = int(args.sig) if args.sig.isdigit() else args.sig
+    return run_action(
+        client, args, "signal", {"signal": sig, "names": args.names}, f"sent {args.sig}"
+    )
+
+
+def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
+    """Stop every worker, then the daemon."""
+    result = client.request("shutdown", {})
+    if args.json:
+        print_json(result)
+    else:
+        print("superd stopped")
+    return EXIT_OK
+
+
+def run_action(
+    client: Client, args: argparse.Namespace, cmd: str, wire_args: Row, verb: str
+) -> int:
+    rows = as_rows(client.request(cmd, wire_args))
+    if args.json:
+        print_json(rows)
+    else:
+        for row in rows:
+            print(outcome_line(row, verb))
+    return EXIT_OK if all(row.get("ok") for row in rows) else EXIT_FAILED
+
+
+COMMANDS: dict[str, Handler] = {
+    "ping": cmd_ping,
+    "status": cmd_status,
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "restart": cmd_restart,
+    "signal": cmd_signal,
+    "shutdown": cmd_shutdown,
+}
+
+
+# --- arguments and socket lookup --------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="superctl", description="Control a running superd.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help="config file naming the daemon's socket")
+    where.add_argument("-s", "--socket", help="control socket path")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    # Also accept --json after the command; SUPPRESS keeps a global one.
+    json_after = argparse.ArgumentParser(add_help=False)
+    json_after.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        handler = COMMANDS[name]
+        return commands.add_parser(
+            name, parents=[json_after], help=handler.__doc__, description=handler.__doc__
+        )
+
+    command("ping")
+    command("status").add_argument("names", nargs="*", metavar="NAME")
+    for name in ("start", "restart"):
+        sub = command(name)
+        sub.add_argument("names", nargs="+", metavar="NAME", help="worker, instance or 'all'")
+        sub.add_argument(
+            "--no-wait", action="store_true", help="return without waiting for RUNNING"
+        )
+    command("stop").add_argument(
+        "names", nargs="+", metavar="NAME", help="worker, instance or 'all'"
+    )
+    sub = command("signal")
+    sub.add_argument("sig", metavar="SIG", help="signal name (HUP, SIGHUP) or number")
+    sub.add_argument("names", nargs="+", metavar="NAME")
+    command("shutdown")
+    return parser
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    """-s, else $SUPERD_SOCKET, else daemon.socket of the config (SPEC.md order)."""
+    if args.socket:
+        return str(args.socket)
+    env_socket = os.environ.get("SUPERD_SOCKET")
+    if env_socket:
+        return env_socket
+    return config_socket(args.config)
+
+
+def config_socket(config_arg: str | None) -> str:
+    # Imported here so that `superctl -s` never pays for loading yaml.
+    from supervisor import config
+
+    try:
+        return str(config.load(config.find_path(config_arg)).daemon.socket)
+    except Exception as exc:  # whatever config raises, there is no usable socket path
+        raise ConfigUnavailable(str(exc)) from exc
+
+
+# --- entry point ------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except SystemExit as exc:  # argparse: usage errors and --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - superctl never shows a traceback
+        fail(str(exc) or type(exc).__name__)
+        return EXIT_FAILED
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = socket_path(args)
+    except ConfigUnavailable as exc:
+        fail(str(exc))
+        return EXIT_USAGE
+    try:
+        with Client(path) as client:
+            return COMMANDS[args.command](client, args)
+    except DaemonUnreachable as exc:
+        fail(str(exc))
+        return EXIT_UNREACHABLE
+    except CommandFailed as exc:
+        fail(exc.message)
+        return EXIT_FAILED
+    except (UnexpectedReply, KeyError, TypeError, ValueError) as exc:
+        fail(f"unexpected reply from superd: {exc}")
+        return EXIT_FAILED
+
+
+def fail(message: str) -> None:
+    print(f"superctl: {message}", file=sys.stderr)
+
+
+def silence_stdout() -> None:
+    # The reader went away (`superctl status | head`); point stdout at
+    # /dev/null so the flush at interpreter exit does not complain again.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

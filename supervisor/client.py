@@ -1,0 +1,130 @@
+"""Blocking client for superd's control socket (wire format v1)."""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from supervisor.protocol import Decoder, FrameError, Kind, encode
+
+RECV_SIZE = 65536
+
+
+class DaemonUnreachable(Exception):
+    """No usable connection to superd; str() is a one-line reason."""
+
+
+class CommandFailed(Exception):
+    """superd answered a request with ok: false."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Client:
+    """One connection to superd; requests may be pipelined with send()/wait()."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock = connect(path)
+        self._decoder = Decoder()
+        self._next_id = 1
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._events: deque[dict[str, Any]] = deque()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def request(self, cmd: str, args: dict[str, Any]) -> object:
+        """Send one command and block for its result."""
+        return self.wait(self.send(cmd, args))
+
+    def send(self, cmd: str, args: dict[str, Any]) -> int:
+        """Send a request without waiting; return its id for wait()."""
+        request_id = self._next_id
+        self._next_id += 1
+        frame = encode(Kind.REQUEST, {"id": request_id, "cmd": cmd, "args": args})
+        try:
+            self._sock.sendall(frame)
+        except OSError:
+            raise DaemonUnreachable("superd closed the connection") from None
+        return request_id
+
+    def wait(self, request_id: int) -> object:
+        """Block until the reply to request_id arrives; return its result."""
+        while request_id not in self._replies:
+            self._receive()
+        return result_of(self._replies.pop(request_id))
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Yield pushed events forever (send `subscribe` first)."""
+        while True:
+            while self._events:
+                yield self._events.popleft()
+            self._receive()
+
+    def _receive(self) -> None:
+        try:
+            data = self._sock.recv(RECV_SIZE)
+        except OSError as exc:
+            raise DaemonUnreachable(f"lost connection to superd: {reason(exc)}") from None
+        if not data:
+            raise DaemonUnreachable("superd closed the connection")
+        try:
+            messages = self._decoder.feed(data)
+        except FrameError as exc:
+            raise DaemonUnreachable(f"bad frame from {self.path}: {exc}") from None
+        for kind, message in messages:
+            self._file(kind, message)
+
+    def _file(self, kind: Kind, message: dict[str, Any]) -> None:
+        if kind is Kind.EVENT:
+            self._events.append(message)
+        elif kind is Kind.REPLY:
+            request_id = message.get("id")
+            if isinstance(request_id, int):
+                self._replies[request_id] = message
+            else:
+                # A connection-level error (bad_frame) answers no single
+                # request, so it fails whichever one is being waited for.
+                result_of(message)
+
+
+def connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise DaemonUnreachable(f"cannot reach superd at {path}: {reason(exc)}") from None
+    return sock
+
+
+def result_of(reply: dict[str, Any]) -> object:
+    if reply.get("ok") is True:
+        return reply.get("result")
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    code = str(error.get("code", "error"))
+    raise CommandFailed(code, str(error.get("message", f"request failed ({code})")))
+
+
+def reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
