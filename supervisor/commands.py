@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import __version__
 from .config import parse_signal
 from .control import Reply
 from .states import PROCESS_ALIVE, Event, State
-from .supervisor import Supervisor, UnknownName, start_settled, stop_settled
+from .supervisor import Supervisor, UnknownName, describe_exit, start_settled, stop_settled
 from .worker import Instance
 
 
@@ -23,14 +24,21 @@ class BadArgs(Exception):
     pass
 
 
+def result_row(instance: Instance, ok: bool, error: str | None = None) -> dict[str, Any]:
+    return {"name": instance.name, "state": instance.state.value, "ok": ok, "error": error}
+
+
 def outcome(instances: list[Instance], wanted: State) -> list[dict[str, Any]]:
+    """Per instance: did it reach the state the command wanted?"""
     rows = []
     for instance in instances:
         ok = instance.state is wanted
-        error = None if ok else f"{instance.state.value}"
-        rows.append({"name": instance.name, "state": instance.state.value, "ok": ok,
-                     "error": error})
+        rows.append(result_row(instance, ok, None if ok else describe_failure(instance)))
     return rows
+
+
+def describe_failure(instance: Instance) -> str:
+    return describe_exit(instance.exit_status) or f"ended {instance.state.value}"
 
 
 class Commands:
@@ -113,12 +121,10 @@ class Commands:
         rows = []
         for instance in self._instances(args):
             if instance.pid is None:
-                rows.append({"name": instance.name, "state": instance.state.value,
-                             "ok": False, "error": "not running"})
+                rows.append(result_row(instance, False, "not running"))
                 continue
             self.supervisor.killpg(instance.pid, signum)
-            rows.append({"name": instance.name, "state": instance.state.value,
-                         "ok": True, "error": None})
+            rows.append(result_row(instance, True))
         reply.ok(rows)
 
     def cmd_shutdown(self, args: dict[str, Any], reply: Reply) -> None:
@@ -128,8 +134,7 @@ class Commands:
     # -- shared -----------------------------------------------------------
     def _reply_when_started(self, instances: list[Instance], wait: bool, reply: Reply) -> None:
         if not wait:
-            reply.ok([{"name": i.name, "state": i.state.value, "ok": i.state is not State.FATAL,
-                       "error": None} for i in instances])
+            reply.ok([result_row(i, i.state is not State.FATAL) for i in instances])
             return
         self.supervisor.wait(instances, start_settled,
                              lambda: reply.ok(outcome(instances, State.RUNNING)))

@@ -13,7 +13,8 @@ import os
 import socket
 import struct
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .loop import Loop
 from .protocol import Decoder, FrameError, Kind, encode

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from . import __version__
 from .commands import Commands
@@ -23,8 +23,8 @@ from .control import ControlServer
 from .loop import Loop, Timer
 from .notify import notify
 from .spawn import become_subreaper
-from .supervisor import Supervisor, stop_settled
 from .states import Event
+from .supervisor import Supervisor, stop_settled
 
 log = logging.getLogger("superd")
 

@@ -14,7 +14,7 @@ import os
 import selectors
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Callback = Callable[[], None]
 

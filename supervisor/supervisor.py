@@ -8,8 +8,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .config import Config, log_name
 from .loop import Loop, Timer

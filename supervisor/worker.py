@@ -11,7 +11,8 @@ import os
 import random
 import signal
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from .config import WorkerConfig
 from .states import ALLOWED, TRANSITIONS, Event, State
@@ -30,7 +31,7 @@ class Runtime(Protocol):
 
 def backoff_delay(initial: float, cap: float, failures: int, rng: random.Random) -> float:
     """Exponential in the number of failures, capped, with jitter in [d/2, d]."""
-    delay = min(cap, initial * 2 ** max(0, failures - 1))
+    delay = min(cap, initial * 2.0 ** max(0, failures - 1))
     return delay * rng.uniform(0.5, 1.0)
 
 

@@ -7,9 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from support import (Superd, alive, become_subreaper, pids_tagged, reap_adopted, wait_for,
-                     zombie_children)
+from support import (
+    Superd,
+    alive,
+    become_subreaper,
+    pids_tagged,
+    reap_adopted,
+    wait_for,
+    zombie_children,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import supervisor
 from supervisor import cli
 from supervisor.client import Client, CommandFailed, DaemonUnreachable
 from supervisor.protocol import Decoder, Kind, encode
@@ -372,12 +373,18 @@ def fake_config_module(socket_path: str | None) -> types.ModuleType:
     return module
 
 
+def use_fake_config(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType) -> None:
+    # Both places Python may find it: the module table and the package attribute.
+    monkeypatch.setitem(sys.modules, "supervisor.config", module)
+    monkeypatch.setattr(supervisor, "config", module, raising=False)
+
+
 def test_socket_from_config(
     serve: Callable[[Answer], FakeDaemon], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     daemon = serve(lambda req: ok({"version": "0.1.0", "pid": 1, "uptime": 1}))
     monkeypatch.delenv("SUPERD_SOCKET", raising=False)
-    monkeypatch.setitem(sys.modules, "supervisor.config", fake_config_module(daemon.path))
+    use_fake_config(monkeypatch, fake_config_module(daemon.path))
     assert cli.main(["-c", "superd.yaml", "ping"]) == 0
 
 
@@ -386,7 +393,7 @@ def test_socket_env_beats_config_as_spec_orders(
 ) -> None:
     daemon = serve(lambda req: ok({"version": "0.1.0", "pid": 1, "uptime": 1}))
     monkeypatch.setenv("SUPERD_SOCKET", daemon.path)
-    monkeypatch.setitem(sys.modules, "supervisor.config", fake_config_module("/nonexistent.sock"))
+    use_fake_config(monkeypatch, fake_config_module("/nonexistent.sock"))
     assert cli.main(["-c", "superd.yaml", "ping"]) == 0
 
 
@@ -395,7 +402,7 @@ def test_socket_env_is_used_without_config(
 ) -> None:
     daemon = serve(lambda req: ok({"version": "0.1.0", "pid": 1, "uptime": 1}))
     monkeypatch.setenv("SUPERD_SOCKET", daemon.path)
-    monkeypatch.setitem(sys.modules, "supervisor.config", fake_config_module(None))
+    use_fake_config(monkeypatch, fake_config_module(None))
     assert cli.main(["ping"]) == 0
 
 
@@ -403,7 +410,7 @@ def test_config_error_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("SUPERD_SOCKET", raising=False)
-    monkeypatch.setitem(sys.modules, "supervisor.config", fake_config_module(None))
+    use_fake_config(monkeypatch, fake_config_module(None))
     assert cli.main(["-c", "bad.yaml", "status"]) == 2
     assert capsys.readouterr().err == "superctl: bad.yaml:3: daemon.socket: expected a path\n"
 

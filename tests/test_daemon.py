@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from support import Client, Superd, alive, pids_tagged, wait_for
+from support import Superd, alive, pids_tagged, wait_for
 
 from supervisor.protocol import HEADER, MAX_BODY, Kind, encode
 
@@ -168,7 +168,7 @@ def test_worker_ignoring_sigterm_is_killed_after_stoptimeout(superd: Superd) -> 
 
 def test_daemon_sigkilled_leaves_no_worker(superd: Superd) -> None:
     superd.start({"a": worker(SLEEPER, numprocs=3)})
-    rows = wait_for(lambda: all((rows := superd.status())) and all(r["pid"] for r in rows)
+    rows = wait_for(lambda: all(rows := superd.status()) and all(r["pid"] for r in rows)
                     and rows, what="pids")
     os.kill(superd.pid or 0, signal.SIGKILL)
     wait_for(lambda: not any(alive(r["pid"]) for r in rows), what="workers to die")
@@ -184,7 +184,7 @@ def test_worker_gets_environment_and_no_daemon_fds(superd: Superd) -> None:
                               directory=str(superd.folder))})
     for index in (0, 1):
         out = superd.folder / f"probe.{index}"
-        facts = eval(wait_for(lambda: out.exists() and out.read_text(), what="probe output"))
+        facts = eval(wait_for(lambda o=out: o.exists() and o.read_text(), what="probe output"))
         fds, name, greeting, leader, cwd = facts
         assert fds == ["0", "1", "2", "3"]  # 3 is listdir's own handle
         assert name == f"p:{index}" and greeting == "hi"

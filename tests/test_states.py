@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

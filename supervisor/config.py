@@ -1,0 +1,809 @@
+"""superd's configuration: a YAML file read into frozen dataclasses.
+
+Validation reports every problem at once, each as ``FILE:LINE: key.path:
+message``. Line numbers come from walking the composed YAML node tree, because
+the plain Python objects that ``yaml.safe_load`` builds have lost them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import grp
+import ipaddress
+import math
+import os
+import pwd
+import re
+import shlex
+import signal
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import NamedTuple, TypeVar
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+T = TypeVar("T")
+
+SYSTEM_CONFIG_PATH = "/etc/superd/superd.yaml"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+# Linux sun_path holds 108 bytes, one of them the terminating NUL.
+MAX_UNIX_PATH_BYTES = 107
+MEBIBYTE = 1024 * 1024
+
+TOP_KEYS = ("daemon", "sockets", "workers")
+DAEMON_KEYS = (
+    "socket", "socket_mode", "socket_group", "pidfile", "log_dir", "log_file",
+    "shutdown_timeout",
+)
+SOCKET_KEYS = ("listen", "backlog", "mode")
+WORKER_KEYS = (
+    "command", "numprocs", "directory", "environment", "user", "umask",
+    "autostart", "autorestart", "exitcodes", "startsecs", "startretries",
+    "backoff", "stopsignal", "stoptimeout", "ready", "sockets", "depends_on",
+    "stdout", "stderr",
+)
+BACKOFF_KEYS = ("initial", "max")
+STDOUT_KEYS = ("file", "maxbytes", "backups")
+STDERR_KEYS = (*STDOUT_KEYS, "merge")
+AUTORESTART_CHOICES = ("always", "on-failure", "never")
+
+NULL_TAG = "tag:yaml.org,2002:null"
+MERGE_TAG = "tag:yaml.org,2002:merge"
+NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    file: str | None  # None: LOG_DIR/INSTANCE.out.log or .err.log
+    maxbytes: int
+    backups: int
+    merge: bool = False
+
+
+@dataclass(frozen=True)
+class ReadyConfig:
+    kind: str  # "none" | "notify" | "tcp"
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    initial: float
+    max: float
+
+
+DEFAULT_LOG = LogConfig(file=None, maxbytes=50 * MEBIBYTE, backups=5)
+DEFAULT_READY = ReadyConfig("none")
+DEFAULT_BACKOFF = BackoffConfig(initial=0.1, max=30.0)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    command: tuple[str, ...]
+    numprocs: int
+    directory: str
+    environment: tuple[tuple[str, str], ...]
+    user: str | None
+    umask: int
+    autostart: bool
+    autorestart: str  # "always" | "on-failure" | "never"
+    exitcodes: tuple[int, ...]
+    startsecs: float
+    startretries: int
+    backoff: BackoffConfig
+    stopsignal: int
+    stoptimeout: float
+    ready: ReadyConfig
+    sockets: tuple[str, ...]
+    depends_on: tuple[str, ...]
+    stdout: LogConfig
+    stderr: LogConfig
+
+    def instance_names(self) -> list[str]:
+        if self.numprocs == 1:
+            return [self.name]
+        return [f"{self.name}:{index}" for index in range(self.numprocs)]
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    name: str
+    listen: str  # "tcp://HOST:PORT", "tcp://[V6]:PORT" or "unix:///absolute/path"
+    backlog: int
+    mode: int | None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: str
+    socket_mode: int
+    socket_group: str | None
+    pidfile: str
+    log_dir: str
+    log_file: str
+    shutdown_timeout: float
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    daemon: DaemonConfig
+    sockets: dict[str, SocketConfig]
+    workers: dict[str, WorkerConfig]
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(issue) for issue in issues))
+        self.issues = issues
+
+
+# ---------------------------------------------------------------- public helpers
+
+
+def find_path(cli_value: str | None) -> str:
+    if cli_value:
+        return cli_value
+    from_env = os.environ.get("SUPERD_CONFIG")
+    if from_env:
+        return from_env
+    if os.geteuid() == 0:
+        return SYSTEM_CONFIG_PATH
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.join(config_home, "superd", "superd.yaml")
+
+
+def log_name(instance: str) -> str:
+    return instance.replace(":", "_")
+
+
+_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
+_DURATION = re.compile(_NUMBER + r"\s*(ms|s|m|h)?", re.ASCII)
+_DURATION_UNITS = {
+    "ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600),
+}
+
+_SIZE = re.compile(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?|b)?", re.ASCII | re.IGNORECASE)
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like "500ms", "1.5s", "5m", "1h"."""
+    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        # Exact arithmetic, so "7ms" is the float nearest 7/1000, not 7 * 0.001.
+        seconds = float(Fraction(match[1]) * _DURATION_UNITS[match[2] or "s"])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ValueError(f"not a duration: {_describe(value)}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {_describe(value)}")
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative, got {_describe(value)}")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from a number or a string like "10KB", "50MB", "1GiB" (powers of 1024)."""
+    if isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        size = int(Fraction(match[1]) * _SIZE_UNITS.get((match[2] or "").lower(), 1))
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        raise ValueError(f"not a size: {_describe(value)}")
+    if size < 0:
+        raise ValueError(f"size must not be negative, got {_describe(value)}")
+    return size
+
+
+def parse_signal(value: object) -> int:
+    """A signal number from "TERM", "SIGTERM", "term", "15" or 15."""
+    if isinstance(value, str) and not value.strip().isdigit():
+        name = value.strip().upper()
+        try:
+            return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+        except KeyError:
+            raise ValueError(f"unknown signal: {value!r}") from None
+    if isinstance(value, str):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected a signal name or number, got {_describe(value)}")
+    if not 1 <= value < signal.NSIG:
+        raise ValueError(f"unknown signal: {value}")
+    return value
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: str) -> Config:
+    """Read and check the config file at path; raise ConfigError listing every problem."""
+    context = _Context(path, os.path.dirname(os.path.abspath(path)))
+    root = _compose(context)
+    config = _config(context, root)
+    if context.issues:
+        # A node shared through a YAML alias is checked once per use: report it once.
+        unique = dict.fromkeys(context.issues)
+        raise ConfigError(sorted(unique, key=lambda issue: issue.line))
+    return config
+
+
+class _Entry(NamedTuple):
+    key: Node
+    value: Node
+
+
+class _Context:
+    """What every check needs: where to report problems and what relative paths mean."""
+
+    def __init__(self, file: str, base_dir: str) -> None:
+        self.file = file
+        self.base_dir = base_dir
+        self.issues: list[ConfigIssue] = []
+        self._loader = yaml.SafeLoader("")
+        self._merged_counts: dict[int, int] = {}
+
+    def report(self, node: Node | None, key: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 0
+        self.issues.append(ConfigIssue(self.file, line, key or "-", message))
+
+    def value(self, node: Node) -> object:
+        """The plain Python value of node; ValueError when YAML cannot build it."""
+        try:
+            return self._loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad value: {getattr(exc, 'problem', None) or exc}") from None
+
+    def flatten(self, node: MappingNode) -> int:
+        """Apply YAML merge keys ("<<: *defaults") in place; return how many entries came
+        from merges (they now lead node.value). An alias may bring a node back: once is enough.
+        """
+        if id(node) not in self._merged_counts:
+            written = sum(1 for key, _ in node.value if key.tag != MERGE_TAG)
+            self._loader.flatten_mapping(node)
+            self._merged_counts[id(node)] = len(node.value) - written
+        return self._merged_counts[id(node)]
+
+    def path(self, value: object) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a path, got {_describe(value)}")
+        if "\0" in value:
+            raise ValueError("path contains a NUL byte")
+        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(value)))
+
+    def socket_path(self, value: object) -> str:
+        path = self.path(value)
+        if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+            raise ValueError(
+                f"socket path too long ({len(os.fsencode(path))} bytes, "
+                f"at most {MAX_UNIX_PATH_BYTES}): {path}"
+            )
+        return path
+
+    def listen_address(self, value: object) -> str:
+        if isinstance(value, str) and value.startswith("unix://"):
+            return "unix://" + self.socket_path(value[len("unix://"):])
+        if isinstance(value, str) and value.startswith("tcp://"):
+            return _tcp_address(value)
+        raise ValueError(f"expected tcp://HOST:PORT or unix:///PATH, got {_describe(value)}")
+
+
+class _Fields:
+    """One mapping's entries, read key by key, with a default for each absent key."""
+
+    def __init__(self, context: _Context, entries: dict[str, _Entry], path: str) -> None:
+        self.context = context
+        self.entries = entries
+        self.path = path
+
+    def value(self, key: str, convert: Callable[[object], T], default: T) -> T:
+        entry = self.entries.get(key)
+        if entry is None:
+            return default
+        return _convert(self.context, entry.value, _join(self.path, key), convert, default)
+
+    def node(self, key: str, parse: Callable[[_Context, Node, str], T], default: T) -> T:
+        entry = self.entries.get(key)
+        if entry is None:
+            return default
+        return parse(self.context, entry.value, _join(self.path, key))
+
+    def report(self, key: str, message: str) -> None:
+        entry = self.entries.get(key)
+        self.context.report(entry.value if entry else None, _join(self.path, key), message)
+
+
+def _compose(context: _Context) -> Node | None:
+    try:
+        with open(context.file, "rb") as stream:
+            data = stream.read()
+    except OSError as exc:
+        context.report(None, "-", f"cannot read: {exc.strerror or exc}")
+        raise ConfigError(context.issues) from None
+    try:
+        return yaml.compose(data, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        what = ", ".join(part for part in (exc.context, exc.problem) if part)
+        issue = ConfigIssue(context.file, line, "-", f"invalid YAML: {what}")
+    except yaml.YAMLError as exc:
+        issue = ConfigIssue(context.file, 1, "-", f"invalid YAML: {exc}")
+    raise ConfigError([issue]) from None
+
+
+def _config(context: _Context, root: Node | None) -> Config:
+    top = {} if root is None or _is_null(root) else _mapping(context, root, "", TOP_KEYS)
+    daemon = _daemon(context, _section(context, top, "daemon", DAEMON_KEYS))
+    sockets = _sockets(context, _section(context, top, "sockets", None))
+    workers = _workers(context, _section(context, top, "workers", None), set(sockets))
+    return Config(os.path.abspath(context.file), daemon, sockets, workers)
+
+
+def _section(
+    context: _Context, top: dict[str, _Entry], key: str, allowed: Collection[str] | None
+) -> dict[str, _Entry]:
+    entry = top.get(key)
+    # A section whose entries are all commented out is null: read it as empty.
+    if entry is None or _is_null(entry.value):
+        return {}
+    return _mapping(context, entry.value, key, allowed)
+
+
+def _mapping(
+    context: _Context,
+    node: Node,
+    path: str,
+    allowed: Collection[str] | None,
+    required: Collection[str] = (),
+) -> dict[str, _Entry]:
+    """node's entries by key; reports a non-mapping, odd, duplicate, unknown or missing key."""
+    if not isinstance(node, MappingNode):
+        context.report(node, path, f"expected a mapping, got {_describe_node(context, node)}")
+        return {}
+    try:
+        merged = context.flatten(node)
+    except yaml.YAMLError as exc:
+        context.report(node, path, f"bad merge key: {getattr(exc, 'problem', exc)}")
+        return {}
+    entries: dict[str, _Entry] = {}
+    for key_node, value_node in node.value[:merged]:
+        _add_entry(context, entries, _Entry(key_node, value_node), path, allowed)
+    written: set[str] = set()
+    for key_node, value_node in node.value[merged:]:
+        _add_entry(context, entries, _Entry(key_node, value_node), path, allowed, written)
+    for key in required:
+        if key not in entries:
+            context.report(node, _join(path, key), "required key is missing")
+    return entries
+
+
+def _add_entry(
+    context: _Context,
+    entries: dict[str, _Entry],
+    entry: _Entry,
+    path: str,
+    allowed: Collection[str] | None,
+    written: set[str] | None = None,
+) -> None:
+    """Adds entry; a key written twice is an error, one written over a merged one is not."""
+    if not isinstance(entry.key, ScalarNode):
+        context.report(entry.key, path, "keys must be plain names, not lists or mappings")
+        return
+    key = str(entry.key.value)
+    if written is not None and key in written:
+        first_line = _line(entries[key].key)
+        context.report(entry.key, _join(path, key), f"duplicate key (first at line {first_line})")
+    elif allowed is not None and key not in allowed:
+        context.report(entry.key, _join(path, key), _unknown_key_message(key, allowed))
+    else:
+        entries[key] = entry
+        if written is not None:
+            written.add(key)
+
+
+def _unknown_key_message(key: str, allowed: Collection[str]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "expected one of " + ", ".join(allowed)
+    return f"unknown key ({hint})"
+
+
+def _convert(
+    context: _Context, node: Node, path: str, convert: Callable[[object], T], default: T
+) -> T:
+    try:
+        return convert(context.value(node))
+    except ValueError as exc:
+        context.report(node, path, str(exc))
+        return default
+
+
+def _items(
+    context: _Context, node: Node, path: str, convert: Callable[[object], T]
+) -> tuple[T, ...]:
+    """A list's converted items, each bad one reported at its own line.
+
+    A lone value stands for a list of one.
+    """
+    if isinstance(node, SequenceNode):
+        nodes = [(item, f"{path}[{index}]") for index, item in enumerate(node.value)]
+    elif isinstance(node, ScalarNode):
+        nodes = [(node, path)]
+    else:
+        context.report(node, path, "expected a list, got a mapping")
+        return ()
+    converted = []
+    for item, item_path in nodes:
+        try:
+            converted.append(convert(context.value(item)))
+        except ValueError as exc:
+            context.report(item, item_path, str(exc))
+    return tuple(converted)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _daemon(context: _Context, entries: dict[str, _Entry]) -> DaemonConfig:
+    fields = _Fields(context, entries, "daemon")
+    return DaemonConfig(
+        socket=fields.value("socket", context.socket_path, context.path("run/superd.sock")),
+        socket_mode=fields.value("socket_mode", _mode, 0o600),
+        socket_group=fields.value("socket_group", _optional(_group_name), None),
+        pidfile=fields.value("pidfile", context.path, context.path("run/superd.pid")),
+        log_dir=fields.value("log_dir", context.path, context.path("log")),
+        log_file=fields.value("log_file", context.path, context.path("log/superd.log")),
+        shutdown_timeout=fields.value("shutdown_timeout", parse_duration, 30.0),
+    )
+
+
+def _sockets(context: _Context, entries: dict[str, _Entry]) -> dict[str, SocketConfig]:
+    sockets = {}
+    for name, entry in entries.items():
+        path = _join("sockets", name)
+        _check_name(context, entry.key, path, "socket")
+        sockets[name] = _socket(context, name, entry.value, path)
+    return sockets
+
+
+def _socket(context: _Context, name: str, node: Node, path: str) -> SocketConfig:
+    fields = _Fields(context, _mapping(context, node, path, SOCKET_KEYS, ("listen",)), path)
+    listen = fields.value("listen", context.listen_address, "")
+    mode = fields.value("mode", _optional(_mode), None)
+    if mode is not None and listen.startswith("tcp://"):
+        fields.report("mode", "mode applies only to unix:// sockets")
+    backlog = fields.value("backlog", _integer(minimum=1), 128)
+    return SocketConfig(name=name, listen=listen, backlog=backlog, mode=mode)
+
+
+def _tcp_address(value: str) -> str:
+    match = re.fullmatch(r"tcp://(\[[^\]]*\]|[^\s:/\[\]]+):(\d+)", value)
+    if not match:
+        raise ValueError(f"expected tcp://HOST:PORT or tcp://[IPV6]:PORT, got {value!r}")
+    host, port = match[1], int(match[2])
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {host}") from None
+    if port > 65535:
+        raise ValueError(f"port out of range 0..65535: {port}")
+    return f"tcp://{host}:{port}"
+
+
+def _workers(
+    context: _Context, entries: dict[str, _Entry], socket_names: set[str]
+) -> dict[str, WorkerConfig]:
+    workers = {}
+    for name, entry in entries.items():
+        path = _join("workers", name)
+        _check_name(context, entry.key, path, "worker")
+        workers[name] = _worker(context, name, entry.value, path, socket_names, set(entries))
+    _report_cycles(context, workers, entries)
+    return workers
+
+
+def _worker(
+    context: _Context,
+    name: str,
+    node: Node,
+    path: str,
+    socket_names: set[str],
+    worker_names: set[str],
+) -> WorkerConfig:
+    fields = _Fields(context, _mapping(context, node, path, WORKER_KEYS, ("command",)), path)
+    return WorkerConfig(
+        name=name,
+        command=fields.node("command", _command, ()),
+        numprocs=fields.value("numprocs", _integer(minimum=1), 1),
+        directory=fields.value("directory", context.path, context.base_dir),
+        environment=fields.node("environment", _environment, ()),
+        user=fields.value("user", _optional(_user_name), None),
+        umask=fields.value("umask", _mode, 0o022),
+        autostart=fields.value("autostart", _boolean, True),
+        autorestart=fields.value("autorestart", _choice(AUTORESTART_CHOICES), "always"),
+        exitcodes=fields.node("exitcodes", _exit_codes, (0,)),
+        startsecs=fields.value("startsecs", parse_duration, 1.0),
+        startretries=fields.value("startretries", _integer(minimum=0), 5),
+        backoff=fields.node("backoff", _backoff, DEFAULT_BACKOFF),
+        stopsignal=fields.value("stopsignal", parse_signal, int(signal.SIGTERM)),
+        stoptimeout=fields.value("stoptimeout", parse_duration, 10.0),
+        ready=fields.node("ready", _ready, DEFAULT_READY),
+        sockets=fields.node("sockets", _names_in(socket_names, "socket"), ()),
+        depends_on=fields.node("depends_on", _names_in(worker_names, "worker"), ()),
+        stdout=fields.node("stdout", _log(STDOUT_KEYS), DEFAULT_LOG),
+        stderr=fields.node("stderr", _log(STDERR_KEYS), DEFAULT_LOG),
+    )
+
+
+def _command(context: _Context, node: Node, path: str) -> tuple[str, ...]:
+    if not isinstance(node, SequenceNode):
+        return _convert(context, node, path, _split_command, ())
+    if not node.value:
+        context.report(node, path, "command is empty")
+    arguments = []
+    for index, item in enumerate(node.value):
+        arguments.append(_text(context, item, f"{path}[{index}]"))
+    if arguments and not arguments[0]:
+        context.report(node.value[0], f"{path}[0]", "program name is empty")
+    return tuple(arguments)
+
+
+def _split_command(value: object) -> tuple[str, ...]:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a list of strings or a string, got {_describe(value)}")
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot split command: {exc}") from None
+    if not words:
+        raise ValueError("command is empty")
+    return tuple(words)
+
+
+def _text(context: _Context, node: Node, path: str) -> str:
+    """A string, or a number as written: "0755" stays "0755", not YAML's 493."""
+    if isinstance(node, ScalarNode) and node.tag in NUMBER_TAGS:
+        return str(node.value)
+    return _convert(context, node, path, _string, "")
+
+
+def _environment(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for name, entry in _mapping(context, node, path, None).items():
+        if not name or "=" in name or "\0" in name:
+            context.report(entry.key, _join(path, name), "not a valid environment variable name")
+        value = _text(context, entry.value, _join(path, name))
+        if "\0" in value:
+            context.report(entry.value, _join(path, name), "value contains a NUL byte")
+        pairs.append((name, value))
+    return tuple(pairs)
+
+
+def _exit_codes(context: _Context, node: Node, path: str) -> tuple[int, ...]:
+    return _items(context, node, path, _integer(minimum=0, maximum=255, what="an exit code"))
+
+
+def _backoff(context: _Context, node: Node, path: str) -> BackoffConfig:
+    fields = _Fields(context, _mapping(context, node, path, BACKOFF_KEYS), path)
+    initial = fields.value("initial", parse_duration, DEFAULT_BACKOFF.initial)
+    longest = fields.value("max", parse_duration, DEFAULT_BACKOFF.max)
+    if longest < initial:
+        where = "max" if "max" in fields.entries else "initial"
+        fields.report(where, f"backoff max ({longest:g}s) is less than initial ({initial:g}s)")
+    return BackoffConfig(initial=initial, max=longest)
+
+
+def _ready(context: _Context, node: Node, path: str) -> ReadyConfig:
+    if not isinstance(node, MappingNode):
+        return _convert(context, node, path, _ready_kind, DEFAULT_READY)
+    fields = _Fields(context, _mapping(context, node, path, ("tcp",), ("tcp",)), path)
+    port = fields.value("tcp", _integer(minimum=1, maximum=65535, what="a TCP port"), None)
+    return ReadyConfig("tcp", port)
+
+
+def _ready_kind(value: object) -> ReadyConfig:
+    if value in ("none", "notify"):
+        return ReadyConfig(str(value))
+    raise ValueError(f"expected none, notify or {{tcp: PORT}}, got {_describe(value)}")
+
+
+def _names_in(known: set[str], kind: str) -> Callable[[_Context, Node, str], tuple[str, ...]]:
+    def member(value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a {kind} name, got {_describe(value)}")
+        if value not in known:
+            raise ValueError(f"unknown {kind} {value!r}")
+        return value
+
+    def names(context: _Context, node: Node, path: str) -> tuple[str, ...]:
+        return _items(context, node, path, member)
+
+    return names
+
+
+def _log(keys: tuple[str, ...]) -> Callable[[_Context, Node, str], LogConfig]:
+    def log(context: _Context, node: Node, path: str) -> LogConfig:
+        fields = _Fields(context, _mapping(context, node, path, keys), path)
+        return LogConfig(
+            file=fields.value("file", _optional(context.path), DEFAULT_LOG.file),
+            maxbytes=fields.value("maxbytes", parse_size, DEFAULT_LOG.maxbytes),
+            backups=fields.value("backups", _integer(minimum=0), DEFAULT_LOG.backups),
+            merge=fields.value("merge", _boolean, DEFAULT_LOG.merge),
+        )
+
+    return log
+
+
+def _report_cycles(
+    context: _Context, workers: dict[str, WorkerConfig], entries: dict[str, _Entry]
+) -> None:
+    graph = {name: worker.depends_on for name, worker in workers.items()}
+    for cycle in _find_cycles(graph):
+        key_node = _key_node(entries[cycle[0]].value, "depends_on")
+        message = "dependency cycle: " + " -> ".join(cycle)
+        context.report(key_node, _join(_join("workers", cycle[0]), "depends_on"), message)
+
+
+def _find_cycles(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """Each cycle met by a depth-first walk, written as the path that closes it."""
+    cycles: list[list[str]] = []
+    finished: set[str] = set()
+    for root in graph:
+        if root in finished:
+            continue
+        path, children = [root], [iter(graph[root])]
+        while children:
+            child = next(children[-1], None)
+            if child is None:
+                finished.add(path.pop())
+                children.pop()
+            elif child in path:
+                cycles.append([*path[path.index(child):], child])
+            elif child not in finished:
+                path.append(child)
+                children.append(iter(graph.get(child, ())))
+    return cycles
+
+
+# ---------------------------------------------------------------- value converters
+
+
+def _integer(
+    minimum: int | None = None, maximum: int | None = None, what: str = "an integer"
+) -> Callable[[object], int]:
+    def integer(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"expected {what}, got {_describe(value)}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return integer
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def choice(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {_describe(value)}")
+        return value
+
+    return choice
+
+
+def _optional(convert: Callable[[object], T]) -> Callable[[object], T | None]:
+    def optional(value: object) -> T | None:
+        return None if value is None else convert(value)
+
+    return optional
+
+
+def _mode(value: object) -> int:
+    """A permission mask: an octal string ("0600", "600", "0o600") or a YAML integer."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 8)
+        except ValueError:
+            raise ValueError(f"expected an octal mode like '0644', got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an octal mode like '0644', got {_describe(value)}")
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"mode out of range 0000..0777: {value:#o}")
+    return value
+
+
+def _user_name(value: object) -> str:
+    name = _string(value)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"no such user: {name!r}") from None
+    return name
+
+
+def _group_name(value: object) -> str:
+    name = _string(value)
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        raise ValueError(f"no such group: {name!r}") from None
+    return name
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _check_name(context: _Context, key_node: Node, path: str, kind: str) -> None:
+    if not NAME_PATTERN.fullmatch(str(key_node.value)):
+        context.report(
+            key_node, path, f"bad {kind} name: use only letters, digits, '_', '.' and '-'"
+        )
+
+
+def _key_node(mapping: Node, key: str) -> Node | None:
+    if isinstance(mapping, MappingNode):
+        for key_node, _ in mapping.value:
+            if isinstance(key_node, ScalarNode) and key_node.value == key:
+                return key_node
+    return None
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == NULL_TAG
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return repr(value)
+
+
+def _describe_node(context: _Context, node: Node) -> str:
+    if isinstance(node, SequenceNode):
+        return "a list"
+    try:
+        return _describe(context.value(node))
+    except ValueError:
+        return "an unreadable value"
