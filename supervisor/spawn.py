@@ -54,11 +54,10 @@ def _become_worker(spec: SpawnSpec, parent: int) -> None:
     os.setsid()
     _redirect_stdio(spec)
     os.umask(spec.umask)
-    env = dict(spec.env)
     if spec.user is not None:
-        _switch_user(spec.user, env)
+        _switch_user(spec.user)
     os.chdir(spec.directory)
-    os.execvpe(spec.argv[0], spec.argv, env)
+    os.execvpe(spec.argv[0], spec.argv, spec.env)
 
 
 def _reset_signals() -> None:
@@ -89,7 +88,7 @@ def _open_log(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
 
-def _switch_user(user: str, env: dict[str, str]) -> None:
+def _switch_user(user: str) -> None:
     entry = pwd.getpwnam(user)
     if os.geteuid() != 0:
         if entry.pw_uid != os.geteuid():
@@ -98,9 +97,6 @@ def _switch_user(user: str, env: dict[str, str]) -> None:
     os.initgroups(entry.pw_name, entry.pw_gid)
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
-    env.setdefault("HOME", entry.pw_dir)
-    env.setdefault("USER", entry.pw_name)
-    env.setdefault("LOGNAME", entry.pw_name)
 
 
 def _report(message: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import signal
 import time
 from collections.abc import Callable
@@ -212,10 +213,21 @@ def _detail(instance: Instance, new: State) -> str:
 
 def spawn_environment(instance: Instance) -> dict[str, str]:
     env = dict(os.environ)
+    if instance.config.user is not None:
+        env.update(user_environment(instance.config.user))
     env.update(instance.config.environment)
     env["SUPERD_NAME"] = instance.name
     env["SUPERD_INSTANCE"] = str(instance.index)
     return env
+
+
+def user_environment(user: str) -> dict[str, str]:
+    """What a login as `user` would set, so a worker does not inherit root's HOME."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return {}
+    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
 
 
 def log_paths(config: Config, instance: Instance) -> tuple[str, str | None]:

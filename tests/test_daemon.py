@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from support import Superd, alive, pids_tagged, wait_for
+import pytest
+from support import Client, Superd, alive, pids_tagged, wait_for
 
 from supervisor.protocol import HEADER, MAX_BODY, Kind, encode
 
@@ -285,3 +288,79 @@ def test_superctl_exit_codes(superd: Superd, tmp_path: Path) -> None:
     gone = superd.ctl("-s", str(tmp_path / "absent.sock"), "ping")
     assert gone.returncode == 4 and len(gone.stderr.splitlines()) == 1
     assert superd.ctl("bogus-command").returncode == 2
+
+
+def test_waiting_start_does_not_block_other_clients(superd: Superd) -> None:
+    superd.start({"slow": worker(SLEEPER, startsecs="3s", autostart=False)})
+    waiting = superd.client()
+    request = waiting.send("start", {"names": ["slow"]})
+    began = time.monotonic()
+    assert superd.call("ping")["pid"] == superd.pid
+    assert superd.status("slow")["state"] == "STARTING"
+    assert time.monotonic() - began < 2.5
+    kind, reply = waiting.receive() or (None, {})
+    assert reply["id"] == request and reply["result"][0]["state"] == "RUNNING"
+    waiting.close()
+
+
+def test_foreground_notifies_systemd_and_stops_on_sigterm(superd: Superd) -> None:
+    superd.write_config({"a": worker(SLEEPER)})
+    notify_path = str(superd.folder / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(20)
+    env = dict(superd.env, NOTIFY_SOCKET=notify_path)
+    daemon = subprocess.Popen([PY, "-m", "supervisor", "--foreground", "-c",
+                               str(superd.config_path)], env=env, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert listener.recv(4096) == b"READY=1"
+        assert superd.call("ping")["pid"] == daemon.pid
+        worker_pid = superd.wait_state("a", "RUNNING")["pid"]
+        daemon.send_signal(signal.SIGHUP)  # not yet a reload, but never fatal
+        assert superd.call("ping")["pid"] == daemon.pid
+        daemon.send_signal(signal.SIGTERM)
+        assert listener.recv(4096) == b"STOPPING=1"
+        _, stderr = daemon.communicate(timeout=20)
+        assert daemon.returncode == 0
+        assert not alive(worker_pid)
+        assert "a: RUNNING -> STOPPING" in stderr and "Traceback" not in stderr
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        listener.close()
+
+
+def test_other_users_may_not_send_commands(superd: Superd) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    superd.start({"a": worker(SLEEPER)}, daemon={"socket_mode": "0666"})
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # connect as nobody: SO_PEERCRED records the effective uid
+        try:
+            os.chdir(os.path.dirname(superd.socket))
+            os.seteuid(nobody.pw_uid)
+            reply = Client(os.path.basename(superd.socket)).call("ping")
+            os.write(write_end, reply["error"]["code"].encode() if not reply["ok"] else b"ok")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 100)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    assert answer == b"permission_denied"
+    assert superd.call("ping")["pid"] == superd.pid  # root still may
+
+
+def test_worker_runs_as_configured_user(superd: Superd) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    command = ["sh", "-c", "id -u; echo $HOME; exec sleep 600"]
+    superd.start({"a": worker(command, user="nobody", directory="/")})
+    out = superd.log_file("a")
+    lines = wait_for(lambda: len(out.read_text().split()) == 2 and out.read_text().split())
+    nobody = pwd.getpwnam("nobody")
+    assert lines == [str(nobody.pw_uid), nobody.pw_dir]
