@@ -16,7 +16,7 @@ from . import __version__
 from .config import parse_signal
 from .control import Reply
 from .states import PROCESS_ALIVE, Event, State
-from .supervisor import Supervisor, UnknownName, describe_exit, start_settled, stop_settled
+from .supervisor import Supervisor, UnknownName, describe_exit, start_settled
 from .worker import Instance
 
 
@@ -89,17 +89,15 @@ class Commands:
         instances, wait = self._instances(args), _wait_flag(args)
         if self._refuse_during_shutdown(reply):
             return
-        for instance in instances:
-            instance.handle(Event.START)
+        for instance in self.supervisor.in_start_order(instances):
+            self.supervisor.start(instance)
         self._reply_when_started(instances, wait, reply)
 
     def cmd_stop(self, args: dict[str, Any], reply: Reply) -> None:
         """Stop instances; reply once every one is STOPPED."""
         instances = self._instances(args)
-        for instance in instances:
-            instance.handle(Event.STOP)
-        self.supervisor.wait(instances, stop_settled,
-                             lambda: reply.ok(outcome(instances, State.STOPPED)))
+        self.supervisor.stop_in_order(instances,
+                                      lambda: reply.ok(outcome(instances, State.STOPPED)))
 
     def cmd_restart(self, args: dict[str, Any], reply: Reply) -> None:
         """Stop (if running) then start instances; reply as start does."""
@@ -109,7 +107,7 @@ class Commands:
         for instance in instances:
             if instance.state in PROCESS_ALIVE:
                 instance.handle(Event.STOP)
-            instance.handle(Event.START)
+            self.supervisor.start(instance)
         self._reply_when_started(instances, wait, reply)
 
     def cmd_signal(self, args: dict[str, Any], reply: Reply) -> None:

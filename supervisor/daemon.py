@@ -20,11 +20,11 @@ from . import __version__
 from .commands import Commands
 from .config import Config, ConfigError, find_path, load
 from .control import ControlServer
+from .listen import ListenError
 from .loop import Loop, Timer
-from .notify import notify
+from .notify import SystemdNotifier, notify
 from .spawn import become_subreaper
-from .states import Event
-from .supervisor import Supervisor, stop_settled
+from .supervisor import Supervisor
 
 log = logging.getLogger("superd")
 
@@ -44,6 +44,10 @@ class Daemon:
     # -- start-up ---------------------------------------------------------
     def start(self) -> None:
         self.pidfile_fd = lock_pidfile(self.config.daemon.pidfile)
+        try:
+            self.supervisor.open_sockets()
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
         sock = bind_control_socket(self.config)
         commands = Commands(self.supervisor, self.shutdown, lambda: self.shutting_down)
         self.control = ControlServer(self.loop, sock, self.config.daemon.socket,
@@ -76,9 +80,15 @@ class Daemon:
         timeout = self.config.daemon.shutdown_timeout
         self.shutdown_timer = self.loop.call_later(timeout, self._shutdown_overdue)
         instances = list(self.supervisor.instances.values())
-        for instance in reversed(instances):
-            instance.handle(Event.STOP)
-        self.supervisor.wait(instances, stop_settled, self._finish_shutdown)
+        self.supervisor.stop_in_order(instances, self._finish_shutdown)
+
+    def report_to_systemd(self) -> None:
+        """STATUS= now and whenever the summary changes; WATCHDOG=1 if asked."""
+        notifier = SystemdNotifier(self.loop.call_later)
+        instances = self.supervisor.instances.values()
+        notifier.status(instance.state.value for instance in instances)
+        self.supervisor.listeners.append(
+            lambda event: notifier.status(instance.state.value for instance in instances))
 
     def _shutdown_overdue(self) -> None:
         log.warning("shutdown_timeout passed; killing what is left")
@@ -92,6 +102,7 @@ class Daemon:
     def close(self) -> None:
         if self.control is not None:
             self.control.close()
+        self.supervisor.close_sockets()
         if self.pidfile_fd is not None:
             _unlink(self.config.daemon.pidfile)
             os.close(self.pidfile_fd)
@@ -175,15 +186,19 @@ def _not_yet(signum: int) -> Callable[[], None]:
     return lambda: log.warning("%s received: not supported in this version; ignored", name)
 
 # -- running ----------------------------------------------------------------
-def run_daemon(config: Config, ready: Callable[[str | None], None]) -> int:
+def run_daemon(config: Config, ready: Callable[[str | None], None],
+               systemd: bool = False) -> int:
     """Start, report readiness (None) or the reason for failing, then serve."""
     daemon = Daemon(config)
     try:
         daemon.start()
     except StartupError as exc:
         ready(str(exc))
+        daemon.close()
         return 1
     ready(None)
+    if systemd:
+        daemon.report_to_systemd()
     try:
         daemon.run()
     finally:
@@ -264,7 +279,7 @@ def run_foreground(config: Config) -> int:
         else:
             print(f"superd: {error}", file=sys.stderr)
 
-    return run_daemon(config, ready)
+    return run_daemon(config, ready, systemd="NOTIFY_SOCKET" in os.environ)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="superd", description="superd process supervisor")

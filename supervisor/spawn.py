@@ -8,6 +8,7 @@ which the parent sees as a failed start like any other.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import os
 import pwd
@@ -31,6 +32,8 @@ class SpawnSpec:
     user: str | None
     stdout_path: str
     stderr_path: str | None  # None: stderr goes where stdout goes
+    listen_fds: tuple[int, ...] = ()  # become fds 3.. (systemd socket activation)
+    listen_names: tuple[str, ...] = ()
 
 
 def spawn(spec: SpawnSpec) -> int:
@@ -53,11 +56,12 @@ def _become_worker(spec: SpawnSpec, parent: int) -> None:
     _die_with(parent)
     os.setsid()
     _redirect_stdio(spec)
+    env = _pass_listen_fds(spec)
     os.umask(spec.umask)
     if spec.user is not None:
         _switch_user(spec.user)
     os.chdir(spec.directory)
-    os.execvpe(spec.argv[0], spec.argv, spec.env)
+    os.execvpe(spec.argv[0], spec.argv, env)
 
 
 def _reset_signals() -> None:
@@ -82,6 +86,27 @@ def _redirect_stdio(spec: SpawnSpec) -> None:
     out = _open_log(spec.stdout_path)
     os.dup2(out, 1)
     os.dup2(_open_log(spec.stderr_path) if spec.stderr_path else out, 2)
+
+
+def _pass_listen_fds(spec: SpawnSpec) -> dict[str, str]:
+    """Put the listening sockets on fds 3.. and describe them as systemd does."""
+    env = dict(spec.env)
+    for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    if not spec.listen_fds:
+        return env
+    first = 3
+    # Move every source above the target range first, so a dup2 onto 3+i can
+    # never clobber a source that is still to be placed.
+    above = first + len(spec.listen_fds)
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in spec.listen_fds]
+    for offset, fd in enumerate(moved):
+        os.dup2(fd, first + offset, inheritable=True)
+        os.close(fd)
+    env["LISTEN_FDS"] = str(len(spec.listen_fds))
+    env["LISTEN_PID"] = str(os.getpid())
+    env["LISTEN_FDNAMES"] = ":".join(spec.listen_names)
+    return env
 
 
 def _open_log(path: str) -> int:

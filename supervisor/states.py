@@ -27,6 +27,7 @@ class Event(str, Enum):
     DIED = "died"  # the worker's main process was reaped
     RETRY = "retry"  # the backoff delay elapsed
     KILL = "kill"  # stoptimeout elapsed while stopping
+    TIMEOUT = "timeout"  # startsecs elapsed without a readiness report
 
 
 # (state, event) -> handler name on Instance.  Every pair is present: a pair
@@ -39,42 +40,49 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.STOPPED, Event.DIED): "ignore",
     (State.STOPPED, Event.RETRY): "ignore",
     (State.STOPPED, Event.KILL): "ignore",
+    (State.STOPPED, Event.TIMEOUT): "ignore",
     (State.STARTING, Event.START): "ignore",
     (State.STARTING, Event.STOP): "begin_stop",
     (State.STARTING, Event.UP): "mark_running",
     (State.STARTING, Event.DIED): "start_failed",
     (State.STARTING, Event.RETRY): "ignore",
     (State.STARTING, Event.KILL): "ignore",
+    (State.STARTING, Event.TIMEOUT): "start_timed_out",
     (State.RUNNING, Event.START): "ignore",
     (State.RUNNING, Event.STOP): "begin_stop",
     (State.RUNNING, Event.UP): "ignore",
     (State.RUNNING, Event.DIED): "exited",
     (State.RUNNING, Event.RETRY): "ignore",
     (State.RUNNING, Event.KILL): "ignore",
+    (State.RUNNING, Event.TIMEOUT): "ignore",
     (State.BACKOFF, Event.START): "ignore",
     (State.BACKOFF, Event.STOP): "cancel_retry",
     (State.BACKOFF, Event.UP): "ignore",
     (State.BACKOFF, Event.DIED): "ignore",
     (State.BACKOFF, Event.RETRY): "respawn",
     (State.BACKOFF, Event.KILL): "ignore",
+    (State.BACKOFF, Event.TIMEOUT): "ignore",
     (State.STOPPING, Event.START): "start_after_stop",
     (State.STOPPING, Event.STOP): "ignore",
     (State.STOPPING, Event.UP): "ignore",
     (State.STOPPING, Event.DIED): "stopped",
     (State.STOPPING, Event.RETRY): "ignore",
     (State.STOPPING, Event.KILL): "kill_group",
+    (State.STOPPING, Event.TIMEOUT): "ignore",
     (State.EXITED, Event.START): "spawn",
     (State.EXITED, Event.STOP): "forget_exit",
     (State.EXITED, Event.UP): "ignore",
     (State.EXITED, Event.DIED): "ignore",
     (State.EXITED, Event.RETRY): "ignore",
     (State.EXITED, Event.KILL): "ignore",
+    (State.EXITED, Event.TIMEOUT): "ignore",
     (State.FATAL, Event.START): "spawn",
     (State.FATAL, Event.STOP): "forget_exit",
     (State.FATAL, Event.UP): "ignore",
     (State.FATAL, Event.DIED): "ignore",
     (State.FATAL, Event.RETRY): "ignore",
     (State.FATAL, Event.KILL): "ignore",
+    (State.FATAL, Event.TIMEOUT): "ignore",
 }
 
 # Which states a handler may move a worker into; Instance checks every move.

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, log_name
+from .deps import dependents, start_order
+from .listen import Listeners
 from .loop import Loop, Timer
+from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .spawn import SpawnSpec, spawn
 from .states import Event, State
 from .worker import Instance
@@ -43,7 +46,7 @@ class Waiter:
 def start_settled(instance: Instance) -> bool:
     if instance.state in (State.RUNNING, State.FATAL):
         return True
-    pending = instance.start_after_stop
+    pending = instance.start_after_stop or instance.waiting_for_deps
     return instance.state in (State.STOPPED, State.EXITED) and not pending
 
 
@@ -59,6 +62,8 @@ class Supervisor:
         self.by_pid: dict[int, Instance] = {}
         self.listeners: list[Listener] = []
         self.waiters: list[Waiter] = []
+        self.sockets = Listeners()
+        self.notify_server: NotifyServer | None = None
         for worker in config.workers.values():
             for index in range(worker.numprocs):
                 instance = Instance(worker, index, self)
@@ -68,9 +73,12 @@ class Supervisor:
     def spawn(self, instance: Instance) -> int:
         stdout, stderr = log_paths(self.config, instance)
         worker = instance.config
-        spec = SpawnSpec(argv=worker.command, env=spawn_environment(instance),
+        spec = SpawnSpec(argv=worker.command, env=self._environment(instance),
                          directory=worker.directory, umask=worker.umask, user=worker.user,
-                         stdout_path=stdout, stderr_path=stderr)
+                         stdout_path=stdout, stderr_path=stderr,
+                         listen_fds=self.sockets.fds(worker.sockets),
+                         listen_names=worker.sockets)
+        instance.status_text = ""
         try:
             pid = spawn(spec)
         except OSError as exc:
@@ -103,6 +111,9 @@ class Supervisor:
             event["exit_status"] = instance.exit_status
         for listener in list(self.listeners):
             listener(event)
+        if new is State.STARTING and instance.config.ready.kind == "tcp":
+            assert instance.config.ready.port is not None
+            TcpProbe(self.loop, instance, instance.config.ready.port)
         self._wake_waiters()
 
     # -- reaping ----------------------------------------------------------
@@ -151,13 +162,93 @@ class Supervisor:
     def _wake_waiters(self) -> None:
         settled = [waiter for waiter in self.waiters if waiter.settled()]
         for waiter in settled:
-            self.waiters.remove(waiter)
-            waiter.callback()
+            # A callback may change states and so settle waiters itself.
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+                waiter.callback()
 
     def autostart(self) -> None:
-        for instance in self.instances.values():
+        for instance in self.in_start_order(list(self.instances.values())):
             if instance.config.autostart:
-                instance.handle(Event.START)
+                self.start(instance)
+
+    # -- sockets and readiness --------------------------------------------
+    def open_sockets(self) -> None:
+        """Bind the `sockets:` section and the notify socket (ListenError if not)."""
+        self.sockets.bind_all(self.config.sockets)
+        address = notify_socket_path(self.config.daemon.socket)
+        self.notify_server = NotifyServer(self.loop, address, self.find_notifier)
+
+    def close_sockets(self) -> None:
+        if self.notify_server is not None:
+            self.notify_server.close()
+            self.notify_server = None
+        self.sockets.close()
+
+    def find_notifier(self, pid: int) -> Instance | None:
+        """The instance whose main process is `pid` or leads `pid`'s group."""
+        instance = self.by_pid.get(pid)
+        if instance is None:
+            try:
+                instance = self.by_pid.get(os.getpgid(pid))
+            except OSError:
+                return None
+        if instance is None or instance.pid is None:
+            return None
+        return instance
+
+    def _environment(self, instance: Instance) -> dict[str, str]:
+        env = spawn_environment(instance)
+        # superd's own NOTIFY_SOCKET (from systemd) is never a worker's.
+        env.pop("NOTIFY_SOCKET", None)
+        if instance.config.ready.kind == "notify" and self.notify_server is not None:
+            env["NOTIFY_SOCKET"] = self.notify_server.address
+        return env
+
+    # -- dependencies -----------------------------------------------------
+    def _depends_on(self) -> dict[str, tuple[str, ...]]:
+        return {name: worker.depends_on for name, worker in self.config.workers.items()}
+
+    def in_start_order(self, instances: list[Instance]) -> list[Instance]:
+        rank = {name: index for index, name in enumerate(start_order(self._depends_on()))}
+        return sorted(instances, key=lambda instance: rank[instance.config.name])
+
+    def start(self, instance: Instance) -> None:
+        """START once every dependency is RUNNING, starting them first if needed."""
+        needed = [dep for name in instance.config.depends_on for dep in self._match(name)]
+        for dependency in needed:
+            if dependency.state not in (State.STARTING, State.RUNNING, State.BACKOFF):
+                self.start(dependency)
+        if all(dependency.state is State.RUNNING for dependency in needed):
+            instance.handle(Event.START)
+            return
+        if instance.waiting_for_deps:
+            return
+        instance.waiting_for_deps = True
+        self.wait(needed, start_settled, lambda: self._dependencies_settled(instance, needed))
+
+    def _dependencies_settled(self, instance: Instance, needed: list[Instance]) -> None:
+        if not instance.waiting_for_deps:
+            return  # stopped while it waited
+        instance.waiting_for_deps = False
+        failed = [dep.name for dep in needed if dep.state is not State.RUNNING]
+        if failed:
+            log.error("%s: not started: dependency %s is not running", instance.name,
+                      ", ".join(failed))
+            self._wake_waiters()
+            return
+        instance.handle(Event.START)
+
+    def stop_in_order(self, instances: list[Instance], callback: Callable[[], None]) -> None:
+        """Stop dependents before what they depend on; call back when all stopped."""
+        depends_on = self._depends_on()
+        for instance in instances:
+            instance.waiting_for_deps = False
+        for instance in instances:
+            first = set(dependents(depends_on, instance.config.name))
+            blockers = [other for other in instances if other.config.name in first]
+            self.wait(blockers, stop_settled, _stopper(instance))
+        self.wait(instances, stop_settled, callback)
 
     def all_stopped(self) -> bool:
         return all(instance.pid is None for instance in self.instances.values())
@@ -170,6 +261,10 @@ class Supervisor:
     # -- status -----------------------------------------------------------
     def status_rows(self, instances: list[Instance]) -> list[dict[str, Any]]:
         return [status_row(instance) for instance in instances]
+
+
+def _stopper(instance: Instance) -> Callable[[], None]:
+    return lambda: instance.handle(Event.STOP)
 
 
 def status_row(instance: Instance) -> dict[str, Any]:
@@ -185,6 +280,7 @@ def status_row(instance: Instance) -> dict[str, Any]:
         "cpu_percent": None,
         "rss_bytes": None,
         "description": describe_exit(instance.exit_status) if instance.pid is None else "",
+        "status_text": instance.status_text,
     }
 
 

@@ -50,6 +50,8 @@ class Instance:
         self.start_after_stop = False
         self.rng = random.Random()
         self._timer: TimerHandle | None = None
+        self.status_text = ""  # the worker's last sd_notify STATUS=
+        self.waiting_for_deps = False  # a start is held until dependencies run
 
     # -- the public face: events in --------------------------------------
     def handle(self, event: Event) -> None:
@@ -100,6 +102,13 @@ class Instance:
         self._enter(State.BACKOFF)
         self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
 
+    def _start_timed_out(self) -> None:
+        # No readiness report within startsecs: end this try; the death that
+        # follows is an ordinary failed start (BACKOFF, then FATAL).
+        self._timer = None
+        if self.pid is not None:
+            self.runtime.killpg(self.pid, signal.SIGKILL)
+
     def _exited(self) -> None:
         self._enter(State.EXITED)
         if self._should_restart():
@@ -146,7 +155,12 @@ class Instance:
             return
         self.started_at = time.monotonic()
         self._enter(State.STARTING)
-        if self.config.startsecs <= 0:
+        if self.config.ready.kind != "none":
+            if self.config.startsecs > 0:
+                self._timer = self.runtime.call_later(
+                    self.config.startsecs, lambda: self.handle(Event.TIMEOUT)
+                )
+        elif self.config.startsecs <= 0:
             self._mark_running()
         else:
             self._timer = self.runtime.call_later(

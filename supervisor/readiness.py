@@ -1,0 +1,171 @@
+"""Workers telling superd they are ready: sd_notify datagrams and TCP probes.
+
+`ready: notify` follows systemd's NotifyAccess=all: a datagram counts when its
+sender (the kernel's SCM_CREDENTIALS, never the payload) is the worker or any
+process in the worker's process group.  `ready: {tcp: PORT}` is RUNNING once a
+non-blocking connect to 127.0.0.1:PORT succeeds; failed connects are retried
+on a short timer, never in a busy loop.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+from .loop import Loop
+from .states import Event, State
+from .worker import Instance
+
+log = logging.getLogger("superd")
+
+MAX_DATAGRAM = 4096
+MAX_FDS = 64
+UCRED = struct.Struct("iII")  # pid, uid, gid
+TCP_RETRY = 0.05
+STATUS_TEXT_MAX = 200
+
+FindInstance = Callable[[int], "Instance | None"]
+
+
+def parse_notify(payload: bytes) -> dict[str, str]:
+    """`KEY=VALUE` lines -> dict; lines without `=` are ignored, as systemd does."""
+    fields: dict[str, str] = {}
+    for line in payload.decode(errors="replace").split("\n"):
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+def close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """Close every fd that came with a datagram; return the sender pid if known."""
+    pid = None
+    for level, kind, data in ancillary:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        elif kind == socket.SCM_CREDENTIALS and len(data) >= UCRED.size:
+            pid = UCRED.unpack_from(data)[0]
+    return pid
+
+
+def notify_socket_path(control_socket: str) -> str:
+    path = control_socket + ".notify"
+    # sun_path holds 107 bytes; a deep folder falls back to an abstract name.
+    if len(path.encode()) < 100:
+        return path
+    return f"@superd-notify-{os.getpid()}"
+
+
+class NotifyServer:
+    """The daemon's one datagram socket that `ready: notify` workers write to."""
+
+    def __init__(self, loop: Loop, address: str, find: FindInstance) -> None:
+        self.loop = loop
+        self.address = address
+        self.find = find
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        if address.startswith("@"):
+            self.sock.bind("\0" + address[1:])
+        else:
+            _unlink(address)
+            self.sock.bind(address)
+            # Workers may run as other users; the sender's pid, not the file
+            # mode, decides whether a datagram counts.
+            os.chmod(address, 0o666)
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        ancillary_size = socket.CMSG_SPACE(UCRED.size) + socket.CMSG_SPACE(4 * MAX_FDS)
+        for _ in range(64):  # bounded: a flood must not starve the loop
+            try:
+                payload, ancillary, _, _ = self.sock.recvmsg(MAX_DATAGRAM, ancillary_size,
+                                                             socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("notify socket: %s", exc)
+                return
+            pid = close_passed_fds(ancillary)
+            self._handle(pid, payload)
+
+    def _handle(self, pid: int | None, payload: bytes) -> None:
+        instance = self.find(pid) if pid else None
+        if instance is None:
+            log.info("notify datagram from unknown pid %s ignored: %r", pid, payload[:80])
+            return
+        fields = parse_notify(payload)
+        if "STATUS" in fields:
+            instance.status_text = fields["STATUS"][:STATUS_TEXT_MAX]
+        if fields.get("READY") == "1" and instance.config.ready.kind == "notify":
+            instance.handle(Event.UP)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        if not self.address.startswith("@"):
+            _unlink(self.address)
+
+
+class TcpProbe:
+    """Connects to 127.0.0.1:PORT until it succeeds or the instance moves on."""
+
+    def __init__(self, loop: Loop, instance: Instance, port: int) -> None:
+        self.loop = loop
+        self.instance = instance
+        self.pid = instance.pid
+        self.port = port
+        self.sock: socket.socket | None = None
+        self._attempt()
+
+    def _current(self) -> bool:
+        return self.instance.state is State.STARTING and self.instance.pid == self.pid
+
+    def _attempt(self) -> None:
+        if not self._current():
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        code = sock.connect_ex(("127.0.0.1", self.port))
+        if code == 0:
+            sock.close()
+            self.instance.handle(Event.UP)
+        elif code == errno.EINPROGRESS:
+            self.sock = sock
+            self.loop.add_writer(sock.fileno(), self._connected)
+        else:
+            sock.close()
+            self.loop.call_later(TCP_RETRY, self._attempt)
+
+    def _connected(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        self.loop.remove_writer(sock.fileno())
+        self.sock = None
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        sock.close()
+        if code == 0 and self._current():
+            self.instance.handle(Event.UP)
+        else:
+            self.loop.call_later(TCP_RETRY, self._attempt)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
