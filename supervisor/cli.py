@@ -138,6 +138,9 @@ def status_table(rows: list[Row], colour: bool) -> list[str]:
         header += ["CPU%", "RSS"]
     if show_notes:
         header.append("LAST EXIT")
+    show_text = any(r.get("status_text") for r in rows)
+    if show_text:
+        header.append("STATUS")
     table = [header]
     for row, note in zip(rows, notes, strict=True):
         cells = status_cells(row, colour)
@@ -145,6 +148,8 @@ def status_table(rows: list[Row], colour: bool) -> list[str]:
             cells += [format_cpu(row.get("cpu_percent")), format_bytes(row.get("rss_bytes"))]
         if show_notes:
             cells.append(note)
+        if show_text:
+            cells.append(str(row.get("status_text") or ""))
         table.append(cells)
     return render_table(table)
 

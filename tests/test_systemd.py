@@ -1,0 +1,317 @@
+"""superd at home under systemd: notify both ways, sockets, readiness, deps."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import REPO, Superd, wait_for
+
+from supervisor.deps import dependents, start_order
+from supervisor.notify import status_summary
+from supervisor.readiness import parse_notify
+
+PY = sys.executable
+
+# A pre-forked server: accepts on fd 3 (LISTEN_FDS), answers with its pid.
+FD3_SERVER = r"""
+import os, socket, sys
+assert os.environ["LISTEN_PID"] == str(os.getpid()), "LISTEN_PID"
+assert os.environ["LISTEN_FDS"] == "1", "LISTEN_FDS"
+name = os.environ["LISTEN_FDNAMES"]
+server = socket.socket(fileno=3)
+while True:
+    conn, _ = server.accept()
+    conn.recv(100)
+    conn.sendall(f"{name} {os.getpid()}".encode())
+    conn.close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def ask(port: int, timeout: float = 20.0) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(b"hi")
+        return conn.recv(100).decode()
+
+
+def fd3_worker(**keys: object) -> dict[str, object]:
+    return {"command": [PY, "-c", FD3_SERVER], "startsecs": "200ms", "sockets": ["web"],
+            **keys}
+
+
+# -- pure parts ---------------------------------------------------------------
+
+def test_start_order_puts_dependencies_first() -> None:
+    graph = {"web": ("db", "cache"), "db": (), "cache": ("db",), "cron": ()}
+    order = start_order(graph)
+    assert order == ["db", "cache", "web", "cron"]
+    for name, needs in graph.items():
+        assert all(order.index(need) < order.index(name) for need in needs)
+    assert dependents(graph, "db") == ["web", "cache"]
+    with pytest.raises(ValueError, match="cycle"):
+        start_order({"a": ("b",), "b": ("a",)})
+
+
+def test_notify_payload_and_summary() -> None:
+    assert parse_notify(b"READY=1\nSTATUS=a=b\njunk") == {"READY": "1", "STATUS": "a=b"}
+    assert status_summary(["RUNNING"] * 5 + ["BACKOFF"]) == "5 running, 1 backoff"
+    assert status_summary([]) == "no workers"
+
+
+# -- systemd units --------------------------------------------------------------
+
+@pytest.mark.parametrize("unit", ["superd.service", "superd-user.service"])
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify insists that ExecStart's binary exists: point it at a real one.
+    fake = tmp_path / "superd"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    text = (REPO / "systemd" / unit).read_text()
+    assert "/usr/local/bin/superd" in text
+    (tmp_path / unit).write_text(text.replace("/usr/local/bin/superd", str(fake)))
+    args = [analyze, "verify"]
+    env = dict(os.environ, SYSTEMD_LOG_LEVEL="warning")
+    if unit == "superd-user.service":
+        args.append("--user")
+        (tmp_path / "xdg").mkdir(mode=0o700)
+        env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")  # the user manager's %t
+    result = subprocess.run([*args, str(tmp_path / unit)], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert unit not in result.stderr, result.stderr  # no warnings about our unit
+
+
+# -- superd -> systemd ------------------------------------------------------------
+
+def test_foreground_sends_ready_status_stopping_in_order(superd: Superd) -> None:
+    superd.write_config({"a": {"command": ["sleep", "600"], "startsecs": "200ms"}})
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0superd-test-" + superd.tag)  # an abstract address, as systemd uses
+    listener.settimeout(20)
+    env = dict(superd.env, NOTIFY_SOCKET="@superd-test-" + superd.tag)
+    daemon = subprocess.Popen([PY, "-m", "supervisor", "--foreground", "-c",
+                               str(superd.config_path)], env=env, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL)
+    try:
+        messages = [listener.recv(4096).decode()]
+        superd.wait_state("a", "RUNNING")
+        while not messages[-1].startswith("STATUS=1 running"):
+            messages.append(listener.recv(4096).decode())
+        daemon.send_signal(signal.SIGTERM)
+        while messages[-1] != "STOPPING=1":
+            messages.append(listener.recv(4096).decode())
+        assert daemon.wait(20) == 0
+        assert messages[0] == "READY=1"
+        assert messages[1].startswith("STATUS=")
+        assert messages[-1] == "STOPPING=1"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        listener.close()
+
+
+# -- workers -> superd ------------------------------------------------------------
+
+def test_notify_worker_with_real_systemd_notify(superd: Superd) -> None:
+    notifier = shutil.which("systemd-notify")
+    if notifier is None:
+        pytest.skip("systemd-notify is not installed")
+    gate = superd.folder / "go"
+    script = (f"while [ ! -e {gate} ]; do sleep 0.02; done; "
+              f"{notifier} --ready --status='serving 3 clients'; exec sleep 600")
+    superd.start({"n": {"command": ["sh", "-c", script], "ready": "notify",
+                        "startsecs": "30s"}})
+    row = superd.status("n")
+    assert row["state"] == "STARTING"
+    time.sleep(0.5)  # long past any timer a plain startsecs worker would use
+    assert superd.status("n")["state"] == "STARTING"
+    gate.touch()
+    row = superd.wait_state("n", "RUNNING")
+    assert row["status_text"] == "serving 3 clients"
+    assert "serving 3 clients" in superd.ctl("status", "n").stdout
+
+
+def test_notify_worker_that_never_notifies_goes_to_backoff(superd: Superd) -> None:
+    superd.start({"n": {"command": ["sleep", "600"], "ready": "notify",
+                        "startsecs": "300ms", "startretries": 1}})
+    wait_for(lambda: superd.status("n")["state"] in ("BACKOFF", "FATAL"), what="backoff")
+    row = superd.wait_state("n", "FATAL")
+    assert row["exit_status"] == -signal.SIGKILL
+
+
+def test_datagram_from_unknown_pid_is_ignored(superd: Superd) -> None:
+    superd.start({"n": {"command": ["sleep", "600"], "ready": "notify", "startsecs": "30s"}})
+    address = superd.socket + ".notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"READY=1", address)
+    assert superd.call("ping")  # the daemon read it and lives on
+    assert superd.status("n")["state"] == "STARTING"
+
+
+def test_tcp_ready_worker(superd: Superd) -> None:
+    port = free_port()
+    gate = superd.folder / "go"
+    server = (f"import os, socket, time\n"
+              f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+              f"s = socket.create_server(('127.0.0.1', {port}))\n"
+              f"while True: s.accept()[0].close()\n")
+    superd.start({"t": {"command": [PY, "-c", server], "ready": {"tcp": port},
+                        "startsecs": "30s"}})
+    time.sleep(0.3)
+    assert superd.status("t")["state"] == "STARTING"
+    gate.touch()
+    superd.wait_state("t", "RUNNING")
+
+
+# -- sockets handed to workers -------------------------------------------------------
+
+def test_worker_accepts_on_fd3_over_superd_socket(superd: Superd) -> None:
+    port = free_port()
+    unix_path = superd.folder / "app.sock"
+    superd.start({"w": fd3_worker(), "u": fd3_worker(sockets=["app"])},
+                 sockets={"web": {"listen": f"tcp://127.0.0.1:{port}"},
+                          "app": {"listen": f"unix://{unix_path}", "mode": "0660"}})
+    pid = superd.wait_state("w", "RUNNING")["pid"]
+    assert ask(port) == f"web {pid}"
+    assert oct(unix_path.stat().st_mode & 0o777) == "0o660"
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(20)
+        conn.connect(str(unix_path))
+        conn.sendall(b"hi")
+        assert conn.recv(100).decode().startswith("app ")
+    superd.stop()
+    assert not unix_path.exists()
+
+
+def test_bind_failure_is_a_startup_error(superd: Superd) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        superd.write_config({"w": fd3_worker()},
+                            sockets={"web": {"listen": f"tcp://127.0.0.1:{port}"}})
+        result = superd.run("-c", str(superd.config_path))
+    assert result.returncode == 1
+    assert f"cannot listen on tcp://127.0.0.1:{port}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_killing_one_of_two_instances_refuses_no_connection(superd: Superd) -> None:
+    port = free_port()
+    superd.start({"w": fd3_worker(numprocs=2)},
+                 sockets={"web": {"listen": f"tcp://127.0.0.1:{port}", "backlog": 256}})
+    victim = superd.wait_state("w:0", "RUNNING")["pid"]
+    superd.wait_state("w:1", "RUNNING")
+    answered, refused, reset = 0, 0, 0
+    deadline = time.monotonic() + 3.0
+    killed = False
+    while time.monotonic() < deadline and answered < 2000:
+        if answered == 50 and not killed:
+            os.kill(victim, signal.SIGKILL)
+            killed = True
+        try:
+            assert ask(port).startswith("web ")
+            answered += 1
+        except ConnectionRefusedError:
+            refused += 1
+        except ConnectionResetError:
+            reset += 1  # the one connection the victim held when it died
+    assert killed and answered > 50
+    assert refused == 0
+    assert reset <= 1
+    wait_for(lambda: superd.status("w:0")["pid"] not in (None, victim), what="w:0 respawn")
+
+
+def test_restart_keeps_queued_connections_for_the_new_instance(superd: Superd) -> None:
+    port = free_port()
+    superd.start({"w": fd3_worker()},
+                 sockets={"web": {"listen": f"tcp://127.0.0.1:{port}"}})
+    old = superd.wait_state("w", "RUNNING")["pid"]
+    assert superd.call("stop", {"names": ["w"]})[0]["ok"]
+    # Nobody accepts now, yet the kernel completes connects into the backlog.
+    waiting = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(5)]
+    try:
+        for conn in waiting:
+            conn.sendall(b"hi")
+        assert superd.call("start", {"names": ["w"]})[0]["ok"]
+        new = superd.status("w")["pid"]
+        assert new != old
+        for conn in waiting:
+            assert conn.recv(100).decode() == f"web {new}"
+    finally:
+        for conn in waiting:
+            conn.close()
+
+
+# -- dependencies -----------------------------------------------------------------------
+
+def transitions(superd: Superd) -> list[tuple[str, str]]:
+    """(instance, new state) in the order the daemon logged them."""
+    found = []
+    for line in (superd.folder / "log" / "superd.log").read_text().splitlines():
+        match = re.search(r" INFO (\w+): \w+ -> (\w+)", line)
+        if match:
+            found.append((match[1], match[2]))
+    return found
+
+
+def test_dependency_order_on_start_and_reverse_on_stop(superd: Superd) -> None:
+    sleeper = ["sleep", "600"]
+    superd.start({
+        "web": {"command": sleeper, "startsecs": "100ms", "depends_on": ["api"]},
+        "api": {"command": sleeper, "startsecs": "300ms", "depends_on": ["db"]},
+        "db": {"command": sleeper, "startsecs": "300ms"},
+    })
+    for name in ("db", "api", "web"):
+        superd.wait_state(name, "RUNNING")
+    boot = transitions(superd)
+    assert boot.index(("api", "STARTING")) > boot.index(("db", "RUNNING"))
+    assert boot.index(("web", "STARTING")) > boot.index(("api", "RUNNING"))
+    assert all(row["ok"] for row in superd.call("stop", {"names": ["all"]}))
+    stops = [name for name, state in transitions(superd) if state == "STOPPING"]
+    assert stops == ["web", "api", "db"]
+    stopped = transitions(superd)
+    assert stopped.index(("api", "STOPPING")) > stopped.index(("web", "STOPPED"))
+    assert stopped.index(("db", "STOPPING")) > stopped.index(("api", "STOPPED"))
+    # Starting web alone starts what it needs first, each once the previous runs.
+    rows = superd.call("start", {"names": ["web"]})
+    assert [row["name"] for row in rows] == ["web"] and rows[0]["ok"]
+    again = transitions(superd)[len(stopped):]
+    assert [name for name, state in again if state == "STARTING"] == ["db", "api", "web"]
+    assert again.index(("api", "STARTING")) > again.index(("db", "RUNNING"))
+    assert again.index(("web", "STARTING")) > again.index(("api", "RUNNING"))
+
+
+def test_shutdown_stops_dependents_first(superd: Superd) -> None:
+    sleeper = ["sleep", "600"]
+    superd.start({"db": {"command": sleeper, "startsecs": 0},
+                  "app": {"command": sleeper, "startsecs": 0, "depends_on": ["db"]}})
+    superd.wait_state("app", "RUNNING")
+    superd.stop()
+    log = transitions(superd)
+    assert log.index(("db", "STOPPING")) > log.index(("app", "STOPPED"))
+
+
+def test_dependency_cycle_is_a_config_error(superd: Superd) -> None:
+    superd.write_config({"a": {"command": ["true"], "depends_on": ["b"]},
+                         "b": {"command": ["true"], "depends_on": ["a"]}})
+    result = superd.run("--check", "-c", str(superd.config_path))
+    assert result.returncode == 2
+    assert "cycle" in result.stderr and "superd.yaml:" in result.stderr
+    assert "Traceback" not in result.stderr
