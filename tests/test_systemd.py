@@ -315,3 +315,24 @@ def test_dependency_cycle_is_a_config_error(superd: Superd) -> None:
     assert result.returncode == 2
     assert "cycle" in result.stderr and "superd.yaml:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bundled_sockets_example_works(superd: Superd) -> None:
+    port, cache_port = free_port(), free_port()
+    for name in ("sockets.yaml", "fd3_server.py"):
+        text = (REPO / "config" / name).read_text()
+        text = text.replace("8081", str(port)).replace("8082", str(cache_port))
+        (superd.folder / name).write_text(text)
+    superd.config_path = superd.folder / "sockets.yaml"
+    superd.socket = str(superd.folder / "run" / "sockets.sock")
+    superd.pidfile = superd.folder / "run" / "sockets.pid"
+    superd.start()
+    for name in ("cache", "web:0", "web:1"):
+        superd.wait_state(name, "RUNNING")
+    assert superd.status("web:0")["status_text"] == "accepting on http"
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.0 200 OK") and b"hello from web:" in reply
