@@ -232,6 +232,7 @@ def test_killing_one_of_two_instances_refuses_no_connection(superd: Superd) -> N
             refused += 1
         except ConnectionResetError:
             reset += 1  # the one connection the victim held when it died
+    print(f"answered={answered} refused={refused} reset={reset}")
     assert killed and answered > 50
     assert refused == 0
     assert reset <= 1
@@ -336,3 +337,34 @@ def test_bundled_sockets_example_works(superd: Superd) -> None:
         while chunk := conn.recv(4096):
             reply += chunk
     assert reply.startswith(b"HTTP/1.0 200 OK") and b"hello from web:" in reply
+
+
+def test_watchdog_and_reload_messages(superd: Superd, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.loop import Loop
+    from supervisor.notify import SystemdNotifier, notify_ready, notify_reloading
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(superd.folder / "n.sock"))
+    listener.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(superd.folder / "n.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    loop = Loop()
+    try:
+        SystemdNotifier(loop.call_later)  # sends now, then every 50 ms
+        assert listener.recv(100) == b"WATCHDOG=1"
+        begun = time.monotonic()
+        loop.call_later(0.12, loop.stop)
+        loop.run()
+        assert listener.recv(100) == b"WATCHDOG=1"
+        assert listener.recv(100) == b"WATCHDOG=1"
+        assert time.monotonic() - begun >= 0.1
+    finally:
+        loop.close()
+    assert notify_reloading()
+    reloading = listener.recv(100).decode().split("\n")
+    assert reloading[0] == "RELOADING=1"
+    usec = int(reloading[1].removeprefix("MONOTONIC_USEC="))
+    assert abs(usec / 1e6 - time.monotonic()) < 5
+    assert notify_ready() and listener.recv(100) == b"READY=1"
+    listener.close()
