@@ -368,3 +368,19 @@ def test_watchdog_and_reload_messages(superd: Superd, monkeypatch: pytest.Monkey
     assert abs(usec / 1e6 - time.monotonic()) < 5
     assert notify_ready() and listener.recv(100) == b"READY=1"
     listener.close()
+
+
+def test_sockets_land_on_fds_in_the_workers_order(superd: Superd) -> None:
+    ports = [free_port(), free_port(), free_port()]
+    report = ("import os, socket, time\n"
+              "names = [socket.socket(fileno=fd).getsockname()[1] for fd in (3, 4, 5)]\n"
+              "print(os.environ['LISTEN_FDS'], os.environ['LISTEN_FDNAMES'], *names,"
+              " flush=True)\n"
+              "time.sleep(600)\n")
+    superd.start({"w": {"command": [PY, "-c", report], "startsecs": 0,
+                        "sockets": ["c", "a", "b"]}},
+                 sockets={name: {"listen": f"tcp://127.0.0.1:{port}"}
+                          for name, port in zip("abc", ports, strict=True)})
+    log = superd.log_file("w")
+    line = wait_for(lambda: log.exists() and log.read_text().strip(), what="worker report")
+    assert line.split() == ["3", "c:a:b", str(ports[2]), str(ports[0]), str(ports[1])]
