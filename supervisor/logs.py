@@ -20,13 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Config, LogConfig, log_name
-from .loop import Loop
+from .loop import Loop, Timer
 
 log = logging.getLogger("superd")
 
 PIPE_SIZE = 1 << 20
 CHUNK = 1 << 20
-BUDGET = 4 << 20  # bytes moved per wake-up, so one flooding worker cannot starve the loop
+BUDGET = 1 << 20  # bytes moved per wake-up, so one flooding worker cannot starve the loop
+# After a wake-up that moved less than BATCH, the pipe is left to fill for GATHER
+# seconds: a flood then costs a few hundred wake-ups a second, not one per write.
+BATCH = 256 << 10
+GATHER = 0.001
 DRAIN_BUDGET = 64 << 20  # at reap time: what the dead worker left, bounded against grandchildren
 RETRY_AFTER = 1.0  # seconds between write attempts while a file is failing
 NLINK_CHECK_EVERY = 1.0  # seconds between checks that the file was not deleted under us
@@ -81,28 +85,34 @@ class LogFile:
             self._recovered()
 
     # -- moving bytes -----------------------------------------------------
-    def take_from(self, pipe: int, budget: int) -> bool:
-        """Move up to budget bytes from pipe; False once the pipe hit EOF."""
+    def take_from(self, pipe: int, budget: int) -> int | None:
+        """Move up to budget bytes from pipe; how many, or None once the pipe hit EOF."""
         moved = 0
         while moved < budget:
             if not self._writable():
                 count = _discard(pipe, min(CHUNK, budget - moved))
                 if count is None:
-                    return True
+                    return moved
                 if count == 0:
-                    return False
+                    return None
                 self.dropped += count
                 moved += count
                 continue
-            count = self._move(pipe, self._room())
+            room = self._room()
+            count = self._move(pipe, room)
             if count is None:
-                return True
+                return moved
             if count == 0:
-                return False
+                return None
             moved += count
             if self.maxbytes and self.size >= self.maxbytes:
                 self.rotate()
-        return True
+            elif count < room and budget == BUDGET:
+                # Short: the pipe is empty for now.  Not asking again saves a
+                # failing syscall per wake-up; the level-triggered selector
+                # calls back when more arrives.  Draining a dead worker asks on.
+                return moved
+        return moved
 
     def _room(self) -> int:
         if not self.maxbytes:
@@ -291,6 +301,7 @@ class Capture:
 
     read_end: int
     target: LogFile
+    resume: Timer | None = None
 
 
 @dataclass
@@ -357,12 +368,20 @@ class Logs:
         read_end, write_end = make_pipe()
         capture = Capture(read_end, target)
         entry.captures.append(capture)
-        self.loop.add_reader(read_end, lambda: self._pump(entry, capture))
+        self._listen(entry, capture)
         return write_end
 
     def _pump(self, entry: InstanceLogs, capture: Capture) -> None:
-        if not capture.target.take_from(capture.read_end, BUDGET):
+        moved = capture.target.take_from(capture.read_end, BUDGET)
+        if moved is None:
             self._close_capture(entry, capture)
+        elif moved < BATCH:
+            self.loop.remove_reader(capture.read_end)
+            capture.resume = self.loop.call_later(GATHER, lambda: self._listen(entry, capture))
+
+    def _listen(self, entry: InstanceLogs, capture: Capture) -> None:
+        capture.resume = None
+        self.loop.add_reader(capture.read_end, lambda: self._pump(entry, capture))
 
     def exited(self, name: str) -> None:
         """The instance's main process was reaped: take everything it wrote.
@@ -374,7 +393,7 @@ class Logs:
         if entry is None:
             return
         for capture in list(entry.captures):
-            if not capture.target.take_from(capture.read_end, DRAIN_BUDGET):
+            if capture.target.take_from(capture.read_end, DRAIN_BUDGET) is None:
                 self._close_capture(entry, capture)
 
     def _close_captures(self, entry: InstanceLogs) -> None:
@@ -383,6 +402,8 @@ class Logs:
             self._close_capture(entry, capture)
 
     def _close_capture(self, entry: InstanceLogs, capture: Capture) -> None:
+        if capture.resume is not None:
+            capture.resume.cancel()
         self.loop.remove_reader(capture.read_end)
         os.close(capture.read_end)
         entry.captures.remove(capture)
