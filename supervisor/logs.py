@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +39,6 @@ TAIL_BLOCK = 1 << 16
 # JSON may spell one byte in 6 ("\\u0000"); these keep every frame under the 1 MiB limit.
 TAIL_LIMIT = 160 << 10  # at most this much text answers one `logs` request
 FOLLOW_CHUNK = 128 << 10  # at most this much output per event to followers
-WRITE_ERRORS = (errno.ENOSPC, errno.EIO, errno.EFBIG, errno.EDQUOT, errno.ENOENT,
-                errno.EROFS, errno.ESTALE, errno.EACCES, errno.EPERM, errno.EBADF)
 
 Follower = Callable[[bytes], None]
 
@@ -57,7 +56,8 @@ class LogFile:
         self.failing_since: float | None = None
         self.retry_at = 0.0
         self.nlink_checked = 0.0
-        self.splice_ok = True
+        self.regular = True
+        self.splice_ok = os.environ.get("SUPERD_NO_SPLICE") is None
         self.followers: list[Follower] = []
 
     # -- opening ----------------------------------------------------------
@@ -66,12 +66,19 @@ class LogFile:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             # No O_APPEND: splice(2) refuses files opened for appending.
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # O_NONBLOCK: a FIFO without reader or with a full buffer must not
+            # block the loop (what does not fit is dropped and counted).
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                         0o644)
         except OSError as exc:
             self._failed(exc)
             return
         self.fd = fd
-        self.size = os.lseek(fd, 0, os.SEEK_END)
+        self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        # Only regular files are rotated or sized (file: /dev/stdout is allowed).
+        self.size = os.lseek(fd, 0, os.SEEK_END) if self.regular else 0
+        if not self.regular:
+            self.splice_ok = False  # splice into a full pipe would spin, not drop
         self.nlink_checked = time.monotonic()
 
     def close(self) -> None:
@@ -105,7 +112,7 @@ class LogFile:
             if count == 0:
                 return None
             moved += count
-            if self.maxbytes and self.size >= self.maxbytes:
+            if self.maxbytes and self.regular and self.size >= self.maxbytes:
                 self.rotate()
             elif count < room and budget == BUDGET:
                 # Short: the pipe is empty for now.  Not asking again saves a
@@ -115,9 +122,11 @@ class LogFile:
         return moved
 
     def _room(self) -> int:
-        if not self.maxbytes:
-            return CHUNK
-        return max(1, min(CHUNK, self.maxbytes - self.size))
+        """How much to ask for in one move: to the rotation point, in bounded chunks."""
+        chunk = CHUNK if self.splice_ok and not self.followers else FOLLOW_CHUNK
+        if not self.maxbytes or not self.regular:
+            return chunk
+        return max(1, min(chunk, self.maxbytes - self.size))
 
     def _move(self, pipe: int, size: int) -> int | None:
         """Bytes moved; 0 at EOF; None when the pipe is empty or the file failed."""
@@ -129,12 +138,12 @@ class LogFile:
             except OSError as exc:
                 if exc.errno in (errno.EINVAL, errno.ENOSYS):
                     self.splice_ok = False
-                    return self._copy(pipe, size)
+                    return self._copy(pipe, min(size, FOLLOW_CHUNK))
                 self._failed(exc)
                 return None
             self.size += count
             return count
-        return self._copy(pipe, min(size, FOLLOW_CHUNK))
+        return self._copy(pipe, size)
 
     def _copy(self, pipe: int, size: int) -> int | None:
         try:
@@ -169,7 +178,7 @@ class LogFile:
     def _writable(self) -> bool:
         now = time.monotonic()
         if self.failing_since is None:
-            if self.fd is not None and now - self.nlink_checked >= NLINK_CHECK_EVERY:
+            if self.regular and now - self.nlink_checked >= NLINK_CHECK_EVERY:
                 self._check_not_deleted(now)
             return self.fd is not None
         if now < self.retry_at:
@@ -179,14 +188,13 @@ class LogFile:
 
     def _check_not_deleted(self, now: float) -> None:
         self.nlink_checked = now
-        assert self.fd is not None
-        if os.fstat(self.fd).st_nlink == 0:
+        if self.fd is not None and os.fstat(self.fd).st_nlink == 0:
             log.warning("%s was deleted; creating it again", self.path)
             self.open()
 
     def _failed(self, exc: OSError) -> None:
-        if exc.errno not in WRITE_ERRORS:
-            raise exc
+        # Whatever the reason (ENOSPC, EIO, EFBIG, a deleted folder...), the
+        # answer is the same: drop, count, retry later; never stop draining.
         if self.failing_since is None:
             self.failing_since = time.monotonic()
             log.error("cannot write %s: %s; dropping output until it works again",
@@ -217,7 +225,11 @@ class LogFile:
         self.open()
         if self.fd is not None and self.size:
             # Renaming failed, so the file is still full: start it over.
-            os.ftruncate(self.fd, 0)
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError as exc:
+                self._failed(exc)
+                return
             os.lseek(self.fd, 0, os.SEEK_SET)
             self.size = 0
 

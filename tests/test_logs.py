@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -310,3 +311,37 @@ def test_full_filesystem_drops_counts_and_resumes(superd: Superd, tmp_path: Path
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
 
+
+
+def test_read_write_fallback_rotates_without_loss(superd: Superd) -> None:
+    # The path taken when splice(2) is refused (and while someone follows).
+    superd.env["SUPERD_NO_SPLICE"] = "1"
+    superd.start({"a": worker(["seq", "1", "3000"], stdout={"maxbytes": "2KB", "backups": 20})})
+    superd.wait_state("a", "EXITED")
+    files = rotated_files(superd.log_file("a"))
+    assert len(files) == 7 and all(f.stat().st_size == 2048 for f in files[:-1])
+    kept = b"".join(f.read_bytes() for f in files)
+    assert kept == "".join(f"{i}\n" for i in range(1, 3001)).encode()
+
+
+def test_a_fifo_as_log_file_is_written_not_rotated(superd: Superd) -> None:
+    fifo = superd.folder / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        superd.start({"a": worker(["seq", "1", "500"],
+                                  stdout={"file": str(fifo), "maxbytes": "1KB"})})
+        superd.wait_state("a", "EXITED")
+        chunks: list[bytes] = []
+
+        def everything() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                chunks.append(os.read(reader, 1 << 16))
+            return b"".join(chunks).endswith(b"500\n")
+
+        wait_for(everything, what="the fifo to carry everything")
+        assert b"".join(chunks) == "".join(f"{i}\n" for i in range(1, 501)).encode()
+        assert not list(superd.folder.glob("fifo.*"))
+        assert fifo.exists() and superd.call("ping")
+    finally:
+        os.close(reader)
