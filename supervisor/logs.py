@@ -209,29 +209,51 @@ class LogFile:
 
     # -- rotation ---------------------------------------------------------
     def rotate(self) -> None:
-        """NAME -> NAME.1 -> ... -> NAME.backups; the oldest is dropped."""
+        """NAME -> NAME.1 -> ... -> NAME.backups; the oldest is dropped.
+
+        NAME never goes missing: the full file is hard-linked to NAME.1 and a
+        fresh file is renamed over NAME, so a reader always finds one.
+        """
         self.close()
         try:
-            if self.backups == 0:
-                os.unlink(self.path)
-            else:
-                for index in range(self.backups - 1, 0, -1):
-                    older = f"{self.path}.{index}"
-                    if os.path.exists(older):
-                        os.rename(older, f"{self.path}.{index + 1}")
-                os.rename(self.path, f"{self.path}.1")
+            self._shift_backups()
+            fresh = f"{self.path}.new"
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o644)
+            os.rename(fresh, self.path)
         except OSError as exc:
             log.error("cannot rotate %s: %s", self.path, exc.strerror or exc)
+            self._start_over()
+            return
+        self.fd, self.size = fd, 0
+
+    def _shift_backups(self) -> None:
+        if self.backups == 0:
+            return
+        for index in range(self.backups - 1, 0, -1):
+            older = f"{self.path}.{index}"
+            if os.path.exists(older):
+                os.rename(older, f"{self.path}.{index + 1}")
+        newest = f"{self.path}.1"
+        if os.path.exists(newest):  # backups: 1, so .1 is the oldest
+            os.unlink(newest)
+        try:
+            os.link(self.path, newest)
+        except OSError:  # no hard links on this filesystem
+            os.rename(self.path, newest)
+
+    def _start_over(self) -> None:
+        """Rotation failed, so the file is still full: truncate it rather than grow."""
         self.open()
-        if self.fd is not None and self.size:
-            # Renaming failed, so the file is still full: start it over.
-            try:
-                os.ftruncate(self.fd, 0)
-            except OSError as exc:
-                self._failed(exc)
-                return
-            os.lseek(self.fd, 0, os.SEEK_SET)
-            self.size = 0
+        if self.fd is None or not self.size:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.size = 0
 
     # -- reading back -----------------------------------------------------
     def tail(self, lines: int) -> bytes:
