@@ -292,7 +292,7 @@ def keep_last_lines(data: bytes, lines: int) -> bytes:
     return data[cut + 1:]
 
 
-def tail_file(path: str, lines: int, limit: int) -> bytes:
+def tail_file(path: str, lines: int, limit: int, block: int = TAIL_BLOCK) -> bytes:
     """Read backwards from the end of path until `lines` lines or `limit` bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -303,7 +303,7 @@ def tail_file(path: str, lines: int, limit: int) -> bytes:
         data = b""
         position = end
         while position > 0 and len(data) < limit and count_lines(data) <= lines:
-            step = min(TAIL_BLOCK, position, limit - len(data))
+            step = min(block, position, limit - len(data))
             position -= step
             data = os.pread(fd, step, position) + data
         return keep_last_lines(data, lines)
