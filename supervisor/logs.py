@@ -345,7 +345,9 @@ class InstanceLogs:
     captures: list[Capture] = field(default_factory=list)
 
     def files(self) -> list[LogFile]:
-        return [self.stdout] if self.stderr is None else [self.stdout, self.stderr]
+        if self.stderr is None or self.stderr is self.stdout:
+            return [self.stdout]
+        return [self.stdout, self.stderr]
 
     def dropped(self) -> int:
         return sum(log_file.dropped for log_file in self.files())
@@ -368,18 +370,26 @@ class Logs:
         self.config = config
         self.loop = loop
         self.instances: dict[str, InstanceLogs] = {}
+        # One LogFile per path: instances (or both streams) naming the same file
+        # share its offset and rotation instead of overwriting each other.
+        self.files: dict[str, LogFile] = {}
         self.daemon_log: str | None = None  # set when detached: stdout/stderr go there
 
     def logs_of(self, name: str, stdout: LogConfig, stderr: LogConfig) -> InstanceLogs:
         entry = self.instances.get(name)
         if entry is None:
             out_path, err_path = log_paths(self.config, name, stdout, stderr)
-            entry = InstanceLogs(LogFile(out_path, stdout),
-                                 None if err_path is None else LogFile(err_path, stderr))
-            for log_file in entry.files():
-                log_file.open()
+            entry = InstanceLogs(self._file(out_path, stdout),
+                                 None if err_path is None else self._file(err_path, stderr))
             self.instances[name] = entry
         return entry
+
+    def _file(self, path: str, settings: LogConfig) -> LogFile:
+        log_file = self.files.get(path)
+        if log_file is None:
+            log_file = self.files[path] = LogFile(path, settings)
+            log_file.open()
+        return log_file
 
     def pipes_for(self, name: str, stdout: LogConfig, stderr: LogConfig) -> tuple[int, int]:
         """Fresh pipes for a spawn; returns the write ends (stdout, stderr) for the child.
@@ -444,9 +454,8 @@ class Logs:
 
     def reopen(self) -> None:
         """Reopen every file superd writes, for an external logrotate."""
-        for entry in self.instances.values():
-            for log_file in entry.files():
-                log_file.reopen()
+        for log_file in self.files.values():
+            log_file.reopen()
         if self.daemon_log is not None:
             reopen_stdio(self.daemon_log)
         log.info("log files reopened")
@@ -454,8 +463,8 @@ class Logs:
     def close(self) -> None:
         for entry in self.instances.values():
             self._close_captures(entry)
-            for log_file in entry.files():
-                log_file.close()
+        for log_file in self.files.values():
+            log_file.close()
 
     def dropped(self, name: str) -> int:
         entry = self.instances.get(name)

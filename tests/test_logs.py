@@ -345,3 +345,20 @@ def test_a_fifo_as_log_file_is_written_not_rotated(superd: Superd) -> None:
         assert fifo.exists() and superd.call("ping")
     finally:
         os.close(reader)
+
+
+def test_instances_sharing_a_file_do_not_overwrite_each_other(superd: Superd) -> None:
+    shared = superd.folder / "shared.log"
+    script = ("import os\n"
+              "tag = os.environ['SUPERD_INSTANCE']\n"
+              "for i in range(2000):\n"
+              "    os.write(1, f'{tag} {i}\\n'.encode())\n")
+    superd.start({"w": worker([PY, "-c", script], numprocs=2,
+                              stdout={"file": str(shared), "maxbytes": 0})})
+    superd.wait_state("w:0", "EXITED")
+    superd.wait_state("w:1", "EXITED")
+    lines = shared.read_text().splitlines()
+    for tag in "01":
+        assert [line for line in lines if line.startswith(tag)] == \
+            [f"{tag} {i}" for i in range(2000)]
+    assert len(lines) == 4000
