@@ -31,7 +31,7 @@ BUDGET = 1 << 20  # bytes moved per wake-up, so one flooding worker cannot starv
 # After a wake-up that moved less than BATCH, the pipe is left to fill for GATHER
 # seconds: a flood then costs a few hundred wake-ups a second, not one per write.
 BATCH = 256 << 10
-GATHER = 0.001
+GATHER = 0.0005  # the selector rounds up to 1 ms; asking for 1 ms could cost 2
 DRAIN_BUDGET = 64 << 20  # at reap time: what the dead worker left, bounded against grandchildren
 RETRY_AFTER = 1.0  # seconds between write attempts while a file is failing
 NLINK_CHECK_EVERY = 1.0  # seconds between checks that the file was not deleted under us
@@ -421,11 +421,16 @@ class Logs:
             self._close_capture(entry, capture)
         elif moved < BATCH:
             self.loop.remove_reader(capture.read_end)
-            capture.resume = self.loop.call_later(GATHER, lambda: self._listen(entry, capture))
+            capture.resume = self.loop.call_later(GATHER, lambda: self._resume(entry, capture))
 
     def _listen(self, entry: InstanceLogs, capture: Capture) -> None:
-        capture.resume = None
         self.loop.add_reader(capture.read_end, lambda: self._pump(entry, capture))
+
+    def _resume(self, entry: InstanceLogs, capture: Capture) -> None:
+        # Pump at once: whatever gathered is there, and a select round is saved.
+        capture.resume = None
+        self._listen(entry, capture)
+        self._pump(entry, capture)
 
     def exited(self, name: str) -> None:
         """The instance's main process was reaped: take everything it wrote.
