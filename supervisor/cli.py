@@ -254,6 +254,43 @@ def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reopen(client: Client, args: argparse.Namespace) -> int:
+    """Reopen every log file superd writes (after an external logrotate)."""
+    result = client.request("reopen", {})
+    if args.json:
+        print_json(result)
+    else:
+        print("log files reopened")
+    return EXIT_OK
+
+
+def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    """Print the last lines of an instance's stdout (or stderr); -f follows."""
+    wire_args = {"name": args.name, "lines": args.lines, "follow": args.follow,
+                 "stream": "stderr" if args.stderr else "stdout"}
+    show = print_json_line if args.json else print_log_data
+    try:
+        show(as_object(client.request("logs", wire_args)))
+        if args.follow:
+            for event in client.events():
+                show(event)
+                if event.get("event") == "log_cut":
+                    fail(str(event.get("message", "cut off by superd")))
+                    return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def print_log_data(message: Row) -> None:
+    sys.stdout.write(str(message.get("data", "")))
+    sys.stdout.flush()
+
+
+def print_json_line(message: Row) -> None:
+    print(json.dumps(message), flush=True)
+
+
 def run_action(
     client: Client, args: argparse.Namespace, cmd: str, wire_args: Row, verb: str
 ) -> int:
@@ -274,6 +311,8 @@ COMMANDS: dict[str, Handler] = {
     "restart": cmd_restart,
     "signal": cmd_signal,
     "shutdown": cmd_shutdown,
+    "logs": cmd_logs,
+    "reopen": cmd_reopen,
 }
 
 
@@ -312,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("sig", metavar="SIG", help="signal name (HUP, SIGHUP) or number")
     sub.add_argument("names", nargs="+", metavar="NAME")
     command("shutdown")
+    sub = command("logs")
+    sub.add_argument("name", metavar="NAME", help="one instance (or a worker with one)")
+    sub.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default 50)")
+    sub.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    sub.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    command("reopen")
     return parser
 
 

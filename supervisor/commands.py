@@ -7,6 +7,7 @@ registers a waiter and replies when the workers reach their target state.
 
 from __future__ import annotations
 
+import codecs
 import os
 import time
 from collections.abc import Callable
@@ -14,10 +15,16 @@ from typing import Any
 
 from . import __version__
 from .config import parse_signal
-from .control import Reply
+from .control import Connection, Reply
+from .logs import LogFile
+from .protocol import Kind
 from .states import PROCESS_ALIVE, Event, State
 from .supervisor import Supervisor, UnknownName, describe_exit, start_settled
 from .worker import Instance
+
+FOLLOW_LIMIT = 1 << 20  # a follower this far behind is cut off
+MAX_LINES = 100_000
+STREAMS = ("stdout", "stderr")
 
 
 class BadArgs(Exception):
@@ -129,6 +136,32 @@ class Commands:
         """Stop every worker, reply, then the daemon exits."""
         self.shutdown(lambda: reply.ok({}))
 
+    def cmd_reopen(self, args: dict[str, Any], reply: Reply) -> None:
+        """Reopen every log file superd writes (same as SIGUSR1)."""
+        self.supervisor.logs.reopen()
+        reply.ok({})
+
+    def cmd_logs(self, args: dict[str, Any], reply: Reply) -> None:
+        """Last `lines` lines of one instance's stdout or stderr; `follow` streams more."""
+        instance = self._one_instance(args.get("name"))
+        lines, stream, follow = _logs_args(args)
+        worker = instance.config
+        log_file = self.supervisor.logs.file_for(instance.name, worker.stdout, worker.stderr,
+                                                 stream)
+        text = log_file.tail(lines).decode(errors="replace")
+        reply.ok({"name": instance.name, "stream": stream, "data": text})
+        if follow:
+            follow_log(reply.connection, instance.name, stream, log_file)
+
+    def _one_instance(self, name: object) -> Instance:
+        if not isinstance(name, str):
+            raise BadArgs("'name' must be a string")
+        instances = self.supervisor.resolve([name])
+        if len(instances) != 1 or name == "all":
+            raise BadArgs(f"{name} has {len(instances)} instances; name one, e.g. "
+                          f"{instances[0].name}")
+        return instances[0]
+
     # -- shared -----------------------------------------------------------
     def _reply_when_started(self, instances: list[Instance], wait: bool, reply: Reply) -> None:
         if not wait:
@@ -143,3 +176,40 @@ def _wait_flag(args: dict[str, Any]) -> bool:
     if not isinstance(wait, bool):
         raise BadArgs("'wait' must be true or false")
     return wait
+
+
+def _logs_args(args: dict[str, Any]) -> tuple[int, str, bool]:
+    lines, stream, follow = args.get("lines", 50), args.get("stream", "stdout"), \
+        args.get("follow", False)
+    if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= MAX_LINES:
+        raise BadArgs(f"'lines' must be an integer from 0 to {MAX_LINES}")
+    if stream not in STREAMS:
+        raise BadArgs("'stream' must be 'stdout' or 'stderr'")
+    if not isinstance(follow, bool):
+        raise BadArgs("'follow' must be true or false")
+    return lines, stream, follow
+
+
+def follow_log(connection: Connection, name: str, stream: str, log_file: LogFile) -> None:
+    """Push new output as events until the client goes, or falls too far behind."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(data: bytes) -> None:
+        if connection.closed or connection.closing:
+            stop()
+        elif len(connection.output) > FOLLOW_LIMIT:
+            stop()
+            connection.send(Kind.EVENT, {"event": "log_cut", "name": name, "stream": stream,
+                                         "message": "reading too slowly; disconnected"})
+            connection.closing = True
+            connection.server.loop.remove_reader(connection.fd)
+        else:
+            connection.send(Kind.EVENT, {"event": "log", "name": name, "stream": stream,
+                                         "data": decoder.decode(data)})
+
+    def stop() -> None:
+        if push in log_file.followers:
+            log_file.followers.remove(push)
+
+    log_file.followers.append(push)
+    connection.on_close.append(stop)

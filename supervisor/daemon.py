@@ -32,10 +32,11 @@ class StartupError(Exception):
     """The daemon cannot start; the message is the one line users see."""
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, daemon_log: str | None = None) -> None:
         self.config = config
         self.loop = Loop()
         self.supervisor = Supervisor(config, self.loop)
+        self.supervisor.logs.daemon_log = daemon_log
         self.pidfile_fd: int | None = None
         self.control: ControlServer | None = None
         self.shutdown_callbacks: list[Callable[[], None]] = []
@@ -55,7 +56,8 @@ class Daemon:
         self.loop.add_signal(signal.SIGCHLD, self.supervisor.reap)
         self.loop.add_signal(signal.SIGTERM, lambda: self.shutdown(None))
         self.loop.add_signal(signal.SIGINT, lambda: self.shutdown(None))
-        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        self.loop.add_signal(signal.SIGUSR1, self.supervisor.logs.reopen)
+        for signum in (signal.SIGHUP, signal.SIGUSR2):
             self.loop.add_signal(signum, _not_yet(signum))
         become_subreaper()
         self.supervisor.autostart()
@@ -106,6 +108,7 @@ class Daemon:
         if self.pidfile_fd is not None:
             _unlink(self.config.daemon.pidfile)
             os.close(self.pidfile_fd)
+        self.supervisor.logs.close()
         self.loop.close()
         log.info("superd stopped")
 
@@ -187,9 +190,9 @@ def _not_yet(signum: int) -> Callable[[], None]:
 
 # -- running ----------------------------------------------------------------
 def run_daemon(config: Config, ready: Callable[[str | None], None],
-               systemd: bool = False) -> int:
+               systemd: bool = False, daemon_log: str | None = None) -> int:
     """Start, report readiness (None) or the reason for failing, then serve."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, daemon_log)
     try:
         daemon.start()
     except StartupError as exc:
@@ -225,7 +228,7 @@ def detach(config: Config) -> int:
 
     code = 1
     try:
-        code = run_daemon(config, ready)
+        code = run_daemon(config, ready, daemon_log=config.daemon.log_file)
     except BaseException:
         log.exception("superd crashed")
     finally:

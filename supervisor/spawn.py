@@ -30,8 +30,8 @@ class SpawnSpec:
     directory: str
     umask: int
     user: str | None
-    stdout_path: str
-    stderr_path: str | None  # None: stderr goes where stdout goes
+    stdout_fd: int  # write ends of the daemon's output pipes
+    stderr_fd: int
     listen_fds: tuple[int, ...] = ()  # become fds 3.. (systemd socket activation)
     listen_names: tuple[str, ...] = ()
 
@@ -83,9 +83,9 @@ def _die_with(parent: int) -> None:
 def _redirect_stdio(spec: SpawnSpec) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    out = _open_log(spec.stdout_path)
-    os.dup2(out, 1)
-    os.dup2(_open_log(spec.stderr_path) if spec.stderr_path else out, 2)
+    # dup2 clears close-on-exec on 1 and 2 only; the originals close at exec.
+    os.dup2(spec.stdout_fd, 1)
+    os.dup2(spec.stderr_fd, 2)
 
 
 def _pass_listen_fds(spec: SpawnSpec) -> dict[str, str]:
@@ -107,10 +107,6 @@ def _pass_listen_fds(spec: SpawnSpec) -> dict[str, str]:
     env["LISTEN_PID"] = str(os.getpid())
     env["LISTEN_FDNAMES"] = ":".join(spec.listen_names)
     return env
-
-
-def _open_log(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
 
 
 def _switch_user(user: str) -> None:

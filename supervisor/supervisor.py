@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, log_name
+from .config import Config
 from .deps import dependents, start_order
 from .listen import Listeners
+from .logs import Logs
 from .loop import Loop, Timer
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .spawn import SpawnSpec, spawn
@@ -64,6 +65,7 @@ class Supervisor:
         self.waiters: list[Waiter] = []
         self.sockets = Listeners()
         self.notify_server: NotifyServer | None = None
+        self.logs = Logs(config, loop)
         for worker in config.workers.values():
             for index in range(worker.numprocs):
                 instance = Instance(worker, index, self)
@@ -71,11 +73,15 @@ class Supervisor:
 
     # -- Runtime, as seen by Instance -------------------------------------
     def spawn(self, instance: Instance) -> int:
-        stdout, stderr = log_paths(self.config, instance)
         worker = instance.config
+        try:
+            stdout, stderr = self.logs.pipes_for(instance.name, worker.stdout, worker.stderr)
+        except OSError as exc:
+            log.error("%s: cannot create output pipes: %s", instance.name, exc)
+            raise
         spec = SpawnSpec(argv=worker.command, env=self._environment(instance),
                          directory=worker.directory, umask=worker.umask, user=worker.user,
-                         stdout_path=stdout, stderr_path=stderr,
+                         stdout_fd=stdout, stderr_fd=stderr,
                          listen_fds=self.sockets.fds(worker.sockets),
                          listen_names=worker.sockets)
         instance.status_text = ""
@@ -84,6 +90,9 @@ class Supervisor:
         except OSError as exc:
             log.error("%s: cannot fork: %s", instance.name, exc)
             raise
+        finally:
+            for write_end in {stdout, stderr}:
+                os.close(write_end)
         self.by_pid[pid] = instance
         log.info("%s: spawned pid %d: %s", instance.name, pid, " ".join(instance.config.command))
         return pid
@@ -131,6 +140,7 @@ class Supervisor:
                 log.info("reaped pid %d (%s), not a worker", pid, _describe(status))
                 continue
             log.info("%s: pid %d %s", instance.name, pid, _describe(status))
+            self.logs.exited(instance.name)
             instance.died(status)
 
     # -- operations -------------------------------------------------------
@@ -260,7 +270,10 @@ class Supervisor:
 
     # -- status -----------------------------------------------------------
     def status_rows(self, instances: list[Instance]) -> list[dict[str, Any]]:
-        return [status_row(instance) for instance in instances]
+        rows = [status_row(instance) for instance in instances]
+        for row in rows:
+            row["log_dropped_bytes"] = self.logs.dropped(row["name"])
+        return rows
 
 
 def _stopper(instance: Instance) -> Callable[[], None]:
@@ -325,12 +338,3 @@ def user_environment(user: str) -> dict[str, str]:
         return {}
     return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
 
-
-def log_paths(config: Config, instance: Instance) -> tuple[str, str | None]:
-    """Where the instance's stdout and stderr go (None: stderr joins stdout)."""
-    worker = instance.config
-    base = os.path.join(config.daemon.log_dir, log_name(instance.name))
-    stdout = worker.stdout.file or base + ".out.log"
-    if worker.stderr.merge:
-        return stdout, None
-    return stdout, worker.stderr.file or base + ".err.log"
