@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -249,6 +250,60 @@ def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reload(client: Client, args: argparse.Namespace) -> int:
+    """Re-read the config and apply what changed; print the diff applied."""
+    from supervisor.reload import summary_lines
+
+    try:
+        result = as_object(client.request("reload", {}))
+    except CommandFailed as exc:
+        if exc.code != "invalid_config":
+            raise
+        print("superctl: invalid config; nothing changed:", file=sys.stderr)
+        for line in exc.message.splitlines():
+            print(line, file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print_json(result)
+    else:
+        print("\n".join(summary_lines(result)))
+    return EXIT_OK
+
+
+def cmd_events(client: Client, args: argparse.Namespace) -> int:
+    """Print events as they happen, one line each, until interrupted."""
+    client.request("subscribe", {})
+    try:
+        for event in client.events():
+            print(json.dumps(event) if args.json else event_line(event), flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except DaemonUnreachable:
+        print("superctl: superd went away; no more events", file=sys.stderr)
+    return EXIT_OK
+
+
+def event_line(event: Row) -> str:
+    """TIME NAME FROM -> TO pid N (exit ...) for state changes; a summary otherwise."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("time") or 0)))
+    kind = event.get("event")
+    if kind == "state":
+        line = f"{stamp} {event.get('name')} {event.get('from')} -> {event.get('to')}"
+        if event.get("pid") is not None:
+            line += f" pid {event['pid']}"
+        if event.get("exit_status") is not None:
+            line += f" ({describe_exit(int(event['exit_status']))})"
+        return line
+    if kind == "reload":
+        from supervisor.reload import summary_lines
+
+        return f"{stamp} reload: {'; '.join(summary_lines(event))}"
+    if kind == "log_error":
+        return f"{stamp} log_error {event.get('name') or 'superd'}: {event.get('path')}: " \
+               f"{event.get('message')}"
+    return f"{stamp} {json.dumps(event)}"
+
+
 def run_action(
     client: Client, args: argparse.Namespace, cmd: str, wire_args: Row, verb: str
 ) -> int:
@@ -269,6 +324,8 @@ COMMANDS: dict[str, Handler] = {
     "restart": cmd_restart,
     "signal": cmd_signal,
     "shutdown": cmd_shutdown,
+    "reload": cmd_reload,
+    "events": cmd_events,
 }
 
 
@@ -307,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("sig", metavar="SIG", help="signal name (HUP, SIGHUP) or number")
     sub.add_argument("names", nargs="+", metavar="NAME")
     command("shutdown")
+    command("reload")
+    command("events")
     return parser
 
 

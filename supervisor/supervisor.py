@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config, log_name
+from .config import Config, WorkerConfig, log_name
 from .loop import Loop, Timer
+from .reload import Plan, instance_configs
+from .resources import ResourceSampler
 from .spawn import SpawnSpec, spawn
 from .states import Event, State
 from .worker import Instance
@@ -59,6 +61,8 @@ class Supervisor:
         self.by_pid: dict[int, Instance] = {}
         self.listeners: list[Listener] = []
         self.waiters: list[Waiter] = []
+        self.retiring: set[Instance] = set()  # removed by a reload, still stopping
+        self.resources = ResourceSampler()
         for worker in config.workers.values():
             for index in range(worker.numprocs):
                 instance = Instance(worker, index, self)
@@ -101,9 +105,13 @@ class Supervisor:
                  "to": new.value, "pid": instance.pid, "time": time.time()}
         if new in (State.EXITED, State.BACKOFF, State.FATAL, State.STOPPED):
             event["exit_status"] = instance.exit_status
+        self.publish(event)
+        self._wake_waiters()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Hand an event (see events.py for the kinds) to every listener."""
         for listener in list(self.listeners):
             listener(event)
-        self._wake_waiters()
 
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
@@ -121,6 +129,7 @@ class Supervisor:
                 continue
             log.info("%s: pid %d %s", instance.name, pid, _describe(status))
             instance.died(status)
+            self.retiring.discard(instance)
 
     # -- operations -------------------------------------------------------
     def resolve(self, names: list[str]) -> list[Instance]:
@@ -160,16 +169,63 @@ class Supervisor:
                 instance.handle(Event.START)
 
     def all_stopped(self) -> bool:
-        return all(instance.pid is None for instance in self.instances.values())
+        everyone = [*self.instances.values(), *self.retiring]
+        return all(instance.pid is None for instance in everyone)
 
     def kill_everything(self) -> None:
-        for instance in self.instances.values():
+        for instance in [*self.instances.values(), *self.retiring]:
             if instance.pid is not None:
                 self.killpg(instance.pid, signal.SIGKILL)
 
     # -- status -----------------------------------------------------------
     def status_rows(self, instances: list[Instance]) -> list[dict[str, Any]]:
-        return [status_row(instance) for instance in instances]
+        rows = [status_row(instance) for instance in instances]
+        running = {i.name: i.pid for i in instances if i.pid is not None}
+        figures = self.resources.measure(running)
+        for row in rows:
+            row["cpu_percent"], row["rss_bytes"] = figures.get(row["name"], (None, None))
+        return rows
+
+    # -- reload -----------------------------------------------------------
+    def apply(self, plan: Plan, callback: Callable[[], None]) -> None:
+        """Run plan.config: stop removed, restart changed, start added instances;
+        call back once each has settled.  Unchanged instances are not touched."""
+        old_instances, self.config = self.instances, plan.config
+        targets: dict[Instance, Callable[[Instance], bool]] = {}
+        self.instances = {}
+        for name, worker in instance_configs(plan.config).items():
+            instance = old_instances.get(name)
+            if instance is None:
+                instance = Instance(worker, _index(name), self)
+            self.instances[name] = instance
+            if name in plan.changed or name in plan.added:
+                targets[instance] = self._reconfigure(instance, worker)
+            else:
+                instance.config = worker  # equal but for numprocs
+        for name in plan.removed:
+            instance = old_instances[name]
+            instance.handle(Event.STOP)
+            if instance.pid is not None:
+                self.retiring.add(instance)
+            targets[instance] = stop_settled
+        self.wait(list(targets), lambda instance: targets[instance](instance), callback)
+
+    def _reconfigure(self, instance: Instance,
+                     worker: WorkerConfig) -> Callable[[Instance], bool]:
+        was_active = instance.state in ACTIVE or instance.start_after_stop
+        instance.handle(Event.STOP)  # with the settings it was started with
+        instance.config = worker
+        if was_active or worker.autostart:
+            instance.handle(Event.START)
+            return start_settled
+        return stop_settled
+
+
+ACTIVE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
+
+
+def _index(name: str) -> int:
+    return int(name.rpartition(":")[2]) if ":" in name else 0
 
 
 def status_row(instance: Instance) -> dict[str, Any]:

@@ -317,7 +317,9 @@ def test_foreground_notifies_systemd_and_stops_on_sigterm(superd: Superd) -> Non
         assert listener.recv(4096) == b"READY=1"
         assert superd.call("ping")["pid"] == daemon.pid
         worker_pid = superd.wait_state("a", "RUNNING")["pid"]
-        daemon.send_signal(signal.SIGHUP)  # not yet a reload, but never fatal
+        daemon.send_signal(signal.SIGHUP)  # a reload: RELOADING=1, then READY=1
+        assert listener.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert listener.recv(4096) == b"READY=1"
         assert superd.call("ping")["pid"] == daemon.pid
         daemon.send_signal(signal.SIGTERM)
         assert listener.recv(4096) == b"STOPPING=1"
