@@ -138,7 +138,7 @@ class Daemon:
         notify("STOPPING=1")
         timeout = self.config.daemon.shutdown_timeout
         self.shutdown_timer = self.loop.call_later(timeout, self._shutdown_overdue)
-        instances = list(self.supervisor.instances.values())
+        instances = [*self.supervisor.instances.values(), *self.supervisor.retiring]
         for instance in reversed(instances):
             instance.handle(Event.STOP)
         self.supervisor.wait(instances, stop_settled, self._finish_shutdown)

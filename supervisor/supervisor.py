@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, WorkerConfig, log_name
+from .events import log_error_event
 from .loop import Loop, Timer
 from .reload import Plan, instance_configs
 from .resources import ResourceSampler
@@ -107,6 +108,10 @@ class Supervisor:
             event["exit_status"] = instance.exit_status
         self.publish(event)
         self._wake_waiters()
+
+    def report_log_error(self, name: str | None, path: str, message: str) -> None:
+        """For the log writers: a worker's (name) or the daemon's (None) log failed."""
+        self.publish(log_error_event(name, path, message))
 
     def publish(self, event: dict[str, Any]) -> None:
         """Hand an event (see events.py for the kinds) to every listener."""

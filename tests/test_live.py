@@ -126,8 +126,11 @@ def test_reload_moves_the_control_socket(superd: Superd) -> None:
     superd.write_config({"a": worker(SLEEPER)},
                         daemon={"socket": "run/moved.sock", "shutdown_timeout": "10s"},
                         sockets={"web": {"listen": "tcp://127.0.0.1:1"}})
+    connected = superd.client()  # a client of the old socket keeps its connection
     result = superd.ctl("reload")
     assert result.returncode == 0, result.stderr
+    assert connected.result("ping")["pid"] == superd.pid
+    connected.close()
     assert "daemon: daemon.socket" in result.stdout
     assert "not applied: sockets: cannot be applied live; restart superd" in result.stdout
     assert not os.path.exists(old_socket)
