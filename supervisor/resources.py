@@ -118,9 +118,12 @@ class ResourceSampler:
             self.samples[name] = current
             figures[name] = (round(cpu_percent(previous, current), 1),
                              group_rss(members, self.proc))
-        for name in set(self.samples) - set(pids):
-            del self.samples[name]
         return figures
+
+    def prune(self, running: set[str]) -> None:
+        """Forget the samples of instances that no longer have a process."""
+        for name in set(self.samples) - running:
+            del self.samples[name]
 
     def _since_start(self, leader: ProcStat, now: float) -> Sample:
         """A first sample: zero CPU time at the moment the leader started."""

@@ -187,6 +187,7 @@ class Supervisor:
         rows = [status_row(instance) for instance in instances]
         running = {i.name: i.pid for i in instances if i.pid is not None}
         figures = self.resources.measure(running)
+        self.resources.prune({i.name for i in self.instances.values() if i.pid is not None})
         for row in rows:
             row["cpu_percent"], row["rss_bytes"] = figures.get(row["name"], (None, None))
         return rows

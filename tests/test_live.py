@@ -339,3 +339,15 @@ def test_status_reports_cpu_and_memory(superd: Superd) -> None:
     superd.ctl("stop", "idle")
     stopped = superd.status("idle")
     assert stopped["cpu_percent"] is None and stopped["rss_bytes"] is None
+
+
+def test_reload_of_stopped_workers_follows_autostart(superd: Superd) -> None:
+    superd.start({"off": worker(SLEEPER, autostart=False), "on": worker(SLEEPER)})
+    superd.wait_state("on", "RUNNING")
+    superd.ctl("stop", "on")
+    superd.write_config({"off": worker(SLEEPER, autostart=False, environment={"X": "1"}),
+                         "on": worker(SLEEPER, environment={"X": "1"})})
+    result = superd.ctl("reload")
+    assert result.stdout.splitlines() == ["changed: off, on"], result.stderr
+    assert superd.status("off")["state"] == "STOPPED"  # not running, not autostart
+    assert superd.status("on")["state"] == "RUNNING"  # autostart: runs with new settings

@@ -68,6 +68,10 @@ def test_scan_groups_and_sampler_sum_the_process_group(tmp_path: Path) -> None:
     assert abs((figures["a"][0] or 0) - 400 / CLOCK_TICKS) < 0.2
     assert figures["gone"] == (None, None)
     assert set(sampler.samples) == {"a", "b"}
+    sampler.measure({"b": 20})  # a status of one instance keeps the others' samples
+    assert set(sampler.samples) == {"a", "b"}
+    sampler.prune({"b"})
+    assert set(sampler.samples) == {"b"}
 
 
 def test_sampler_on_a_real_process_group() -> None:
