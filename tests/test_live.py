@@ -156,10 +156,17 @@ class LineReader:
         return self.stdout.readline()
 
 
+def default_sigint() -> None:
+    # A test run started in the background inherits SIGINT ignored; superctl
+    # must see it as a user's Ctrl-C would arrive.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_events(superd: Superd, *args: str) -> tuple[subprocess.Popen[str], LineReader]:
     process = subprocess.Popen([PY, "-m", "supervisor.cli", "-s", superd.socket, "events",
                                 *args], env=superd.env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, bufsize=1)
+                               stderr=subprocess.PIPE, text=True, bufsize=1,
+                               preexec_fn=default_sigint)
     reader = LineReader(process)
     # Subscribed once a reload event (a no-op reload) comes through.
     wait_for(lambda: superd.call("reload") is not None and reader.line(0.5),
@@ -279,7 +286,8 @@ def test_many_subscribers_one_stuck_while_workers_churn(superd: Superd) -> None:
     median, slowest = status_times[len(status_times) // 2], status_times[-1]
     print(f"status during churn: {len(status_times)} calls, median {median * 1000:.1f} ms, "
           f"max {slowest * 1000:.1f} ms; {len(state_events)} events to 49 readers")
-    assert status_times[-1] < 2.0
+    # Bounded, not benchmarked: the test itself shares 2 cores with the churn.
+    assert median < 0.25 and slowest < 5.0
     for reader in readers:
         reader.sock.close()
     stuck.close()
