@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -291,6 +292,60 @@ def print_json_line(message: Row) -> None:
     print(json.dumps(message), flush=True)
 
 
+def cmd_reload(client: Client, args: argparse.Namespace) -> int:
+    """Re-read the config and apply what changed; print the diff applied."""
+    from supervisor.reload import summary_lines
+
+    try:
+        result = as_object(client.request("reload", {}))
+    except CommandFailed as exc:
+        if exc.code != "invalid_config":
+            raise
+        print("superctl: invalid config; nothing changed:", file=sys.stderr)
+        for line in exc.message.splitlines():
+            print(line, file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print_json(result)
+    else:
+        print("\n".join(summary_lines(result)))
+    return EXIT_OK
+
+
+def cmd_events(client: Client, args: argparse.Namespace) -> int:
+    """Print events as they happen, one line each, until interrupted."""
+    client.request("subscribe", {})
+    try:
+        for event in client.events():
+            print(json.dumps(event) if args.json else event_line(event), flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except DaemonUnreachable:
+        print("superctl: superd went away; no more events", file=sys.stderr)
+    return EXIT_OK
+
+
+def event_line(event: Row) -> str:
+    """TIME NAME FROM -> TO pid N (exit ...) for state changes; a summary otherwise."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("time") or 0)))
+    kind = event.get("event")
+    if kind == "state":
+        line = f"{stamp} {event.get('name')} {event.get('from')} -> {event.get('to')}"
+        if event.get("pid") is not None:
+            line += f" pid {event['pid']}"
+        if event.get("exit_status") is not None:
+            line += f" ({describe_exit(int(event['exit_status']))})"
+        return line
+    if kind == "reload":
+        from supervisor.reload import summary_lines
+
+        return f"{stamp} reload: {'; '.join(summary_lines(event))}"
+    if kind == "log_error":
+        return f"{stamp} log_error {event.get('name') or 'superd'}: {event.get('path')}: " \
+               f"{event.get('message')}"
+    return f"{stamp} {json.dumps(event)}"
+
+
 def run_action(
     client: Client, args: argparse.Namespace, cmd: str, wire_args: Row, verb: str
 ) -> int:
@@ -313,6 +368,10 @@ COMMANDS: dict[str, Handler] = {
     "shutdown": cmd_shutdown,
     "logs": cmd_logs,
     "reopen": cmd_reopen,
+
+
+    "reload": cmd_reload,
+    "events": cmd_events,
 }
 
 
@@ -357,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     sub.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     command("reopen")
+
+
+    command("reload")
+    command("events")
     return parser
 
 

@@ -16,8 +16,10 @@ from typing import Any
 from . import __version__
 from .config import parse_signal
 from .control import Connection, Reply
+from .events import Subscribers
 from .logs import LogFile
 from .protocol import Kind
+from .reload import ReloadRefused
 from .states import PROCESS_ALIVE, Event, State
 from .supervisor import Supervisor, UnknownName, describe_exit, start_settled
 from .worker import Instance
@@ -55,6 +57,10 @@ class Commands:
         self.shutdown = shutdown
         self.is_shutting_down = is_shutting_down
         self.started_at = time.monotonic()
+        # Set by the daemon: re-read the config and call back with the result.
+        self.reloader: Callable[[Callable[[Any], None]], None] | None = None
+        self.subscribers = Subscribers()
+        supervisor.listeners.append(self.subscribers)
 
     def dispatch(self, cmd: str, args: dict[str, Any], reply: Reply) -> None:
         handler = getattr(self, f"cmd_{cmd}", None)
@@ -161,6 +167,22 @@ class Commands:
             raise BadArgs(f"{name} has {len(instances)} instances; name one, e.g. "
                           f"{instances[0].name}")
         return instances[0]
+
+
+    def cmd_reload(self, args: dict[str, Any], reply: Reply) -> None:
+        """Re-read the config; apply what changed; reply with the diff applied."""
+        if self.reloader is None:
+            reply.error("unsupported", "reload is not available")
+            return
+        try:
+            self.reloader(reply.ok)
+        except ReloadRefused as exc:
+            reply.error(exc.code, exc.message)
+
+    def cmd_subscribe(self, args: dict[str, Any], reply: Reply) -> None:
+        """Reply, then push every event (kind 3) on this connection until it closes."""
+        reply.ok({})
+        self.subscribers.add(reply.connection)
 
     # -- shared -----------------------------------------------------------
     def _reply_when_started(self, instances: list[Instance], wait: bool, reply: Reply) -> None:

@@ -119,8 +119,14 @@ class Connection:
     def send(self, kind: Kind, message: dict[str, Any]) -> None:
         if self.closed:
             return
-        self.output += encode(kind, message)
-        if len(self.output) > OUTPUT_LIMIT:
+        self.send_frame(encode(kind, message))
+
+    def send_frame(self, frame: bytes, limit: int = OUTPUT_LIMIT) -> None:
+        """Queue an encoded frame; cut the client off once `limit` bytes wait."""
+        if self.closed:
+            return
+        self.output += frame
+        if len(self.output) > limit:
             log.warning("control client on fd %d is not reading; disconnecting", self.fd)
             self.close()
             return
@@ -187,6 +193,14 @@ class ControlServer:
         if uid in (0, os.geteuid()):
             return True
         return self.group_id is not None and self.group_id in _groups_of(uid, gid)
+
+    def take_over(self, old: ControlServer) -> None:
+        """Adopt the clients of a server whose socket is being replaced (reload)."""
+        for connection in old.connections:
+            connection.server = self
+        self.connections |= old.connections
+        old.connections = set()
+        old.close()
 
     def close(self) -> None:
         for connection in list(self.connections):

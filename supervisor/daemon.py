@@ -14,15 +14,19 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
 from . import __version__
 from .commands import Commands
 from .config import Config, ConfigError, find_path, load
 from .control import ControlServer
+from .events import reload_event
 from .listen import ListenError
 from .loop import Loop, Timer
 from .notify import SystemdNotifier, notify
+from .reload import Plan, ReloadRefused, diff, missing_sockets, summary_lines
 from .spawn import become_subreaper
 from .supervisor import Supervisor
 
@@ -51,13 +55,16 @@ class Daemon:
             raise StartupError(str(exc)) from None
         sock = bind_control_socket(self.config)
         commands = Commands(self.supervisor, self.shutdown, lambda: self.shutting_down)
+        commands.reloader = self.reload
+        self.commands = commands
         self.control = ControlServer(self.loop, sock, self.config.daemon.socket,
                                      self.config.daemon.socket_group, commands.dispatch)
         self.loop.add_signal(signal.SIGCHLD, self.supervisor.reap)
         self.loop.add_signal(signal.SIGTERM, lambda: self.shutdown(None))
         self.loop.add_signal(signal.SIGINT, lambda: self.shutdown(None))
         self.loop.add_signal(signal.SIGUSR1, self.supervisor.logs.reopen)
-        for signum in (signal.SIGHUP, signal.SIGUSR2):
+        self.loop.add_signal(signal.SIGHUP, self._reload_on_signal)
+        for signum in (signal.SIGUSR2,):
             self.loop.add_signal(signum, _not_yet(signum))
         become_subreaper()
         self.supervisor.autostart()
@@ -71,6 +78,62 @@ class Daemon:
     def run(self) -> None:
         self.loop.run()
 
+    # -- reload -----------------------------------------------------------
+    def reload(self, on_done: Callable[[dict[str, Any]], None]) -> None:
+        """Re-read the config and apply the difference; raise ReloadRefused,
+        having changed nothing, when it is invalid or cannot be applied."""
+        if self.shutting_down:
+            raise ReloadRefused("shutting_down", "superd is shutting down")
+        try:
+            new = load(self.config.path)
+        except ConfigError as exc:
+            raise ReloadRefused("invalid_config", str(exc)) from None
+        plan = diff(self.config, new)
+        missing = missing_sockets(plan)
+        if missing:
+            raise ReloadRefused("not_live", f"workers need sockets the running daemon does "
+                                f"not have ({', '.join(missing)}); restart superd")
+        try:
+            make_runtime_dirs(plan.config)
+            self._apply_daemon_section(plan)
+        except StartupError as exc:
+            raise ReloadRefused("reload_failed", str(exc)) from None
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self.config = plan.config
+        result = plan.result()
+        log.info("reloading %s: %s", self.config.path, "; ".join(summary_lines(result)))
+        self.supervisor.publish(reload_event(result))
+
+        def applied() -> None:
+            notify("READY=1")
+            on_done(result)
+
+        self.supervisor.apply(plan, applied)
+
+    def _apply_daemon_section(self, plan: Plan) -> None:
+        old, new = self.config.daemon, plan.config.daemon
+        assert self.control is not None
+        if plan.rebind:
+            sock = bind_control_socket(plan.config)
+            server = ControlServer(self.loop, sock, new.socket, new.socket_group,
+                                   self.commands.dispatch)
+            server.take_over(self.control)  # closes and unlinks the old socket
+            self.control = server
+        elif (old.socket_mode, old.socket_group) != (new.socket_mode, new.socket_group):
+            set_socket_access(new.socket, plan.config)
+            self.control.group_id = None
+            if new.socket_group:
+                self.control.group_id = group_id(new.socket_group)
+
+    def _reload_on_signal(self) -> None:
+        def report(result: dict[str, Any]) -> None:
+            log.info("reload done: %s", "; ".join(summary_lines(result)))
+
+        try:
+            self.reload(report)
+        except ReloadRefused as exc:
+            log.error("SIGHUP: reload refused, nothing changed:\n%s", exc.message)
+
     # -- shutdown ---------------------------------------------------------
     def shutdown(self, on_done: Callable[[], None] | None) -> None:
         if on_done is not None:
@@ -81,16 +144,19 @@ class Daemon:
         notify("STOPPING=1")
         timeout = self.config.daemon.shutdown_timeout
         self.shutdown_timer = self.loop.call_later(timeout, self._shutdown_overdue)
-        instances = list(self.supervisor.instances.values())
+        instances = [*self.supervisor.instances.values(), *self.supervisor.retiring]
         self.supervisor.stop_in_order(instances, self._finish_shutdown)
 
     def report_to_systemd(self) -> None:
         """STATUS= now and whenever the summary changes; WATCHDOG=1 if asked."""
         notifier = SystemdNotifier(self.loop.call_later)
-        instances = self.supervisor.instances.values()
-        notifier.status(instance.state.value for instance in instances)
-        self.supervisor.listeners.append(
-            lambda event: notifier.status(instance.state.value for instance in instances))
+        supervisor = self.supervisor  # its instances change on reload: read them each time
+
+        def report(event: object = None) -> None:
+            notifier.status(instance.state.value for instance in supervisor.instances.values())
+
+        report()
+        supervisor.listeners.append(report)
 
     def _shutdown_overdue(self) -> None:
         log.warning("shutdown_timeout passed; killing what is left")
@@ -159,13 +225,19 @@ def bind_control_socket(config: Config) -> socket.socket:
         raise StartupError(f"cannot bind control socket {path}: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
-    os.chmod(path, config.daemon.socket_mode)
-    if config.daemon.socket_group:
-        import grp
-
-        os.chown(path, -1, grp.getgrnam(config.daemon.socket_group).gr_gid)
+    set_socket_access(path, config)
     sock.listen(128)
     return sock
+
+def set_socket_access(path: str, config: Config) -> None:
+    os.chmod(path, config.daemon.socket_mode)
+    if config.daemon.socket_group:
+        os.chown(path, -1, group_id(config.daemon.socket_group))
+
+def group_id(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid
 
 def socket_is_live(path: str) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

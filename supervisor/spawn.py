@@ -39,14 +39,22 @@ class SpawnSpec:
 def spawn(spec: SpawnSpec) -> int:
     """Fork a worker in its own session and return its pid (the group id too)."""
     parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _become_worker(spec, parent)
-        except BaseException as exc:  # noqa: BLE001 - the child must never return
-            _report(f"superd: cannot start {spec.argv[0]!r}: {exc}")
-        finally:
-            os._exit(EXEC_FAILED)
+    # Until the child has dropped the daemon's handlers and wake-up pipe, a
+    # signal sent to it (a quick `stop`) would be written to that pipe and
+    # read by the daemon as its own SIGTERM; so signals wait, blocked, until
+    # _reset_signals() has run.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _become_worker(spec, parent)
+            except BaseException as exc:  # noqa: BLE001 - the child must never return
+                _report(f"superd: cannot start {spec.argv[0]!r}: {exc}")
+            finally:
+                os._exit(EXEC_FAILED)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return pid
 
 

@@ -13,12 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import Config, WorkerConfig
 from .deps import dependents, start_order
+from .events import log_error_event
 from .listen import Listeners
 from .logs import Logs
 from .loop import Loop, Timer
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
+from .reload import Plan, instance_configs
+from .resources import ResourceSampler
 from .spawn import SpawnSpec, spawn
 from .states import Event, State
 from .worker import Instance
@@ -66,6 +69,8 @@ class Supervisor:
         self.sockets = Listeners()
         self.notify_server: NotifyServer | None = None
         self.logs = Logs(config, loop)
+        self.retiring: set[Instance] = set()  # removed by a reload, still stopping
+        self.resources = ResourceSampler()
         for worker in config.workers.values():
             for index in range(worker.numprocs):
                 instance = Instance(worker, index, self)
@@ -118,12 +123,20 @@ class Supervisor:
                  "to": new.value, "pid": instance.pid, "time": time.time()}
         if new in (State.EXITED, State.BACKOFF, State.FATAL, State.STOPPED):
             event["exit_status"] = instance.exit_status
-        for listener in list(self.listeners):
-            listener(event)
+        self.publish(event)
         if new is State.STARTING and instance.config.ready.kind == "tcp":
             assert instance.config.ready.port is not None
             TcpProbe(self.loop, instance, instance.config.ready.port)
         self._wake_waiters()
+
+    def report_log_error(self, name: str | None, path: str, message: str) -> None:
+        """For the log writers: a worker's (name) or the daemon's (None) log failed."""
+        self.publish(log_error_event(name, path, message))
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Hand an event (see events.py for the kinds) to every listener."""
+        for listener in list(self.listeners):
+            listener(event)
 
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
@@ -142,6 +155,7 @@ class Supervisor:
             log.info("%s: pid %d %s", instance.name, pid, _describe(status))
             self.logs.exited(instance.name)
             instance.died(status)
+            self.retiring.discard(instance)
 
     # -- operations -------------------------------------------------------
     def resolve(self, names: list[str]) -> list[Instance]:
@@ -261,19 +275,66 @@ class Supervisor:
         self.wait(instances, stop_settled, callback)
 
     def all_stopped(self) -> bool:
-        return all(instance.pid is None for instance in self.instances.values())
+        everyone = [*self.instances.values(), *self.retiring]
+        return all(instance.pid is None for instance in everyone)
 
     def kill_everything(self) -> None:
-        for instance in self.instances.values():
+        for instance in [*self.instances.values(), *self.retiring]:
             if instance.pid is not None:
                 self.killpg(instance.pid, signal.SIGKILL)
 
     # -- status -----------------------------------------------------------
     def status_rows(self, instances: list[Instance]) -> list[dict[str, Any]]:
         rows = [status_row(instance) for instance in instances]
+        running = {i.name: i.pid for i in instances if i.pid is not None}
+        figures = self.resources.measure(running)
+        self.resources.prune({i.name for i in self.instances.values() if i.pid is not None})
         for row in rows:
+            row["cpu_percent"], row["rss_bytes"] = figures.get(row["name"], (None, None))
             row["log_dropped_bytes"] = self.logs.dropped(row["name"])
         return rows
+
+    # -- reload -----------------------------------------------------------
+    def apply(self, plan: Plan, callback: Callable[[], None]) -> None:
+        """Run plan.config: stop removed, restart changed, start added instances;
+        call back once each has settled.  Unchanged instances are not touched."""
+        old_instances, self.config = self.instances, plan.config
+        self.logs.config = plan.config  # new log_dir applies to the next spawns
+        targets: dict[Instance, Callable[[Instance], bool]] = {}
+        self.instances = {}
+        for name, worker in instance_configs(plan.config).items():
+            instance = old_instances.get(name)
+            if instance is None:
+                instance = Instance(worker, _index(name), self)
+            self.instances[name] = instance
+            if name in plan.changed or name in plan.added:
+                targets[instance] = self._reconfigure(instance, worker)
+            else:
+                instance.config = worker  # equal but for numprocs
+        for name in plan.removed:
+            instance = old_instances[name]
+            instance.handle(Event.STOP)
+            if instance.pid is not None:
+                self.retiring.add(instance)
+            targets[instance] = stop_settled
+        self.wait(list(targets), lambda instance: targets[instance](instance), callback)
+
+    def _reconfigure(self, instance: Instance,
+                     worker: WorkerConfig) -> Callable[[Instance], bool]:
+        was_active = instance.state in ACTIVE or instance.start_after_stop
+        instance.handle(Event.STOP)  # with the settings it was started with
+        instance.config = worker
+        if was_active or worker.autostart:
+            instance.handle(Event.START)
+            return start_settled
+        return stop_settled
+
+
+ACTIVE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
+
+
+def _index(name: str) -> int:
+    return int(name.rpartition(":")[2]) if ":" in name else 0
 
 
 def _stopper(instance: Instance) -> Callable[[], None]:

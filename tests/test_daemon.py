@@ -313,17 +313,23 @@ def test_foreground_notifies_systemd_and_stops_on_sigterm(superd: Superd) -> Non
     daemon = subprocess.Popen([PY, "-m", "supervisor", "--foreground", "-c",
                                str(superd.config_path)], env=env, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True)
+
+    def next_message() -> bytes:
+        message = listener.recv(4096)
+        while message.startswith(b"STATUS="):  # summaries may come at any time
+            message = listener.recv(4096)
+        return message
+
     try:
-        assert listener.recv(4096) == b"READY=1"
+        assert next_message() == b"READY=1"
         assert superd.call("ping")["pid"] == daemon.pid
         worker_pid = superd.wait_state("a", "RUNNING")["pid"]
-        daemon.send_signal(signal.SIGHUP)  # not yet a reload, but never fatal
+        daemon.send_signal(signal.SIGHUP)  # a reload: RELOADING=1, then READY=1
+        assert next_message().startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert next_message() == b"READY=1"
         assert superd.call("ping")["pid"] == daemon.pid
         daemon.send_signal(signal.SIGTERM)
-        message = listener.recv(4096)
-        while message.startswith(b"STATUS="):  # summaries may come between
-            message = listener.recv(4096)
-        assert message == b"STOPPING=1"
+        assert next_message() == b"STOPPING=1"
         _, stderr = daemon.communicate(timeout=20)
         assert daemon.returncode == 0
         assert not alive(worker_pid)
