@@ -286,8 +286,9 @@ def test_many_subscribers_one_stuck_while_workers_churn(superd: Superd) -> None:
     median, slowest = status_times[len(status_times) // 2], status_times[-1]
     print(f"status during churn: {len(status_times)} calls, median {median * 1000:.1f} ms, "
           f"max {slowest * 1000:.1f} ms; {len(state_events)} events to 49 readers")
-    # Bounded, not benchmarked: the test itself shares 2 cores with the churn.
-    assert median < 0.25 and slowest < 5.0
+    # Bounded, not benchmarked: the test itself shares 2 cores with the churn,
+    # the 49 readers it pumps and, in CI, the rest of the suite.
+    assert median < 1.0 and slowest < 5.0
     for reader in readers:
         reader.sock.close()
     stuck.close()
