@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ from .control import ControlServer
 from .events import reload_event
 from .listen import ListenError
 from .loop import Loop, Timer
-from .notify import SystemdNotifier, notify
+from .notify import SystemdNotifier, notify_ready, notify_reloading, notify_stopping
 from .reload import Plan, ReloadRefused, diff, missing_sockets, summary_lines
 from .spawn import become_subreaper
 from .supervisor import Supervisor
@@ -98,14 +97,14 @@ class Daemon:
             self._apply_daemon_section(plan)
         except StartupError as exc:
             raise ReloadRefused("reload_failed", str(exc)) from None
-        notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        notify_reloading()
         self.config = plan.config
         result = plan.result()
         log.info("reloading %s: %s", self.config.path, "; ".join(summary_lines(result)))
         self.supervisor.publish(reload_event(result))
 
         def applied() -> None:
-            notify("READY=1")
+            notify_ready()
             on_done(result)
 
         self.supervisor.apply(plan, applied)
@@ -141,7 +140,7 @@ class Daemon:
         if self.shutting_down:
             return
         log.info("shutting down")
-        notify("STOPPING=1")
+        notify_stopping()
         timeout = self.config.daemon.shutdown_timeout
         self.shutdown_timer = self.loop.call_later(timeout, self._shutdown_overdue)
         instances = [*self.supervisor.instances.values(), *self.supervisor.retiring]
@@ -350,7 +349,7 @@ def run_foreground(config: Config) -> int:
 
     def ready(error: str | None) -> None:
         if error is None:
-            notify("READY=1")
+            notify_ready()
         else:
             print(f"superd: {error}", file=sys.stderr)
 

@@ -274,10 +274,6 @@ class Supervisor:
             self.wait(blockers, stop_settled, _stopper(instance))
         self.wait(instances, stop_settled, callback)
 
-    def all_stopped(self) -> bool:
-        everyone = [*self.instances.values(), *self.retiring]
-        return all(instance.pid is None for instance in everyone)
-
     def kill_everything(self) -> None:
         for instance in [*self.instances.values(), *self.retiring]:
             if instance.pid is not None:
