@@ -97,3 +97,5 @@ ALLOWED: dict[State, frozenset[State]] = {
 }
 
 PROCESS_ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+# Headed for RUNNING on its own: a start is under way or will be retried.
+ACTIVE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})

@@ -23,7 +23,7 @@ from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .reload import Plan, instance_configs
 from .resources import ResourceSampler
 from .spawn import SpawnSpec, spawn
-from .states import Event, State
+from .states import ACTIVE, Event, State
 from .worker import Instance
 
 log = logging.getLogger("superd")
@@ -71,10 +71,8 @@ class Supervisor:
         self.logs = Logs(config, loop)
         self.retiring: set[Instance] = set()  # removed by a reload, still stopping
         self.resources = ResourceSampler()
-        for worker in config.workers.values():
-            for index in range(worker.numprocs):
-                instance = Instance(worker, index, self)
-                self.instances[instance.name] = instance
+        for name, worker in instance_configs(config).items():
+            self.instances[name] = Instance(worker, _index(name), self)
 
     # -- Runtime, as seen by Instance -------------------------------------
     def spawn(self, instance: Instance) -> int:
@@ -241,7 +239,7 @@ class Supervisor:
         """START once every dependency is RUNNING, starting them first if needed."""
         needed = [dep for name in instance.config.depends_on for dep in self._match(name)]
         for dependency in needed:
-            if dependency.state not in (State.STARTING, State.RUNNING, State.BACKOFF):
+            if dependency.state not in ACTIVE:
                 self.start(dependency)
         if all(dependency.state is State.RUNNING for dependency in needed):
             instance.handle(Event.START)
@@ -324,9 +322,6 @@ class Supervisor:
             instance.handle(Event.START)
             return start_settled
         return stop_settled
-
-
-ACTIVE = frozenset({State.STARTING, State.RUNNING, State.BACKOFF})
 
 
 def _index(name: str) -> int:
