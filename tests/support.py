@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from supervisor.protocol import Decoder, Kind, encode
+from superd.protocol import Decoder, Kind, encode
 
 REPO = Path(__file__).resolve().parents[1]
 PR_SET_CHILD_SUBREAPER = 36
@@ -96,7 +96,7 @@ def zombie_children(ppid: int) -> list[int]:
 
 
 class Client:
-    """A minimal blocking wire client for tests (independent of supervisor.client)."""
+    """A minimal blocking wire client for tests (independent of superd.client)."""
 
     def __init__(self, path: str, timeout: float = DEADLINE) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -149,7 +149,7 @@ class Superd:
         self.config_path = folder / "superd.yaml"
         self.socket = str(folder / "run" / "superd.sock")
         self.pidfile = folder / "run" / "superd.pid"
-        self.env = dict(os.environ, SUPERD_TEST_TAG=tag, PYTHONPATH=str(REPO),
+        self.env = dict(os.environ, SUPERD_TEST_TAG=tag,
                         NO_COLOR="1")
         self.env.pop("SUPERD_SOCKET", None)
         self.env.pop("SUPERD_CONFIG", None)
@@ -164,7 +164,7 @@ class Superd:
 
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `superd ARGS` (the launcher) to completion."""
-        return subprocess.run([sys.executable, "-m", "supervisor", *args], env=self.env,
+        return subprocess.run([sys.executable, "-m", "superd", *args], env=self.env,
                               capture_output=True, text=True, timeout=DEADLINE, check=check,
                               stdin=subprocess.DEVNULL, cwd=self.folder)
 
@@ -183,7 +183,7 @@ class Superd:
             return None
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "supervisor.cli", "-s", self.socket,
+        return subprocess.run([sys.executable, "-m", "superd.cli", "-s", self.socket,
                                *args], env=self.env, capture_output=True, text=True,
                               timeout=DEADLINE, stdin=subprocess.DEVNULL)
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-import supervisor
-from supervisor import cli
-from supervisor.client import Client, CommandFailed, DaemonUnreachable
-from supervisor.protocol import Decoder, Kind, encode
+import superd
+from superd import cli
+from superd.client import Client, CommandFailed, DaemonUnreachable
+from superd.protocol import Decoder, Kind, encode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -358,7 +358,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def fake_config_module(socket_path: str | None) -> types.ModuleType:
-    module = types.ModuleType("supervisor.config")
+    module = types.ModuleType("superd.config")
 
     def find_path(cli_value: str | None) -> str:
         return cli_value or "default.yaml"
@@ -375,8 +375,8 @@ def fake_config_module(socket_path: str | None) -> types.ModuleType:
 
 def use_fake_config(monkeypatch: pytest.MonkeyPatch, module: types.ModuleType) -> None:
     # Both places Python may find it: the module table and the package attribute.
-    monkeypatch.setitem(sys.modules, "supervisor.config", module)
-    monkeypatch.setattr(supervisor, "config", module, raising=False)
+    monkeypatch.setitem(sys.modules, "superd.config", module)
+    monkeypatch.setattr(superd, "config", module, raising=False)
 
 
 def test_socket_from_config(
@@ -418,9 +418,9 @@ def test_config_error_exits_2(
 def test_socket_option_never_imports_yaml(tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "from supervisor.cli import main\n"
+        "from superd.cli import main\n"
         f"rc = main(['-s', {str(tmp_path / 'missing.sock')!r}, 'status'])\n"
-        "loaded = [m for m in ('yaml', 'supervisor.config') if m in sys.modules]\n"
+        "loaded = [m for m in ('yaml', 'superd.config') if m in sys.modules]\n"
         "print(rc, loaded)\n"
     )
     done = subprocess.run(

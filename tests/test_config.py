@@ -1,4 +1,4 @@
-"""Unit tests for supervisor.config: parsing, defaults and error reports."""
+"""Unit tests for superd.config: parsing, defaults and error reports."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor import config
-from supervisor.config import (
+from superd import config
+from superd.config import (
     BackoffConfig,
     Config,
     ConfigError,

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Client, Superd, alive, pids_tagged, wait_for
 
-from supervisor.protocol import HEADER, MAX_BODY, Kind, encode
+from superd.protocol import HEADER, MAX_BODY, Kind, encode
+from support import Client, Superd, alive, pids_tagged, wait_for
 
 SLEEPER = ["sleep", "600"]
 PY = sys.executable
@@ -310,7 +310,7 @@ def test_foreground_notifies_systemd_and_stops_on_sigterm(superd: Superd) -> Non
     listener.bind(notify_path)
     listener.settimeout(20)
     env = dict(superd.env, NOTIFY_SOCKET=notify_path)
-    daemon = subprocess.Popen([PY, "-m", "supervisor", "--foreground", "-c",
+    daemon = subprocess.Popen([PY, "-m", "superd", "--foreground", "-c",
                                str(superd.config_path)], env=env, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True)
 

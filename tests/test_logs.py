@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Client, Superd, wait_for
 
-from supervisor.protocol import Kind
+from superd.protocol import Kind
+from support import Client, Superd, wait_for
 
 PY = sys.executable
 # Numbered lines, one every `pause` seconds, forever.
@@ -204,7 +204,7 @@ def test_slow_follower_is_cut_off_with_a_message(superd: Superd) -> None:
 
 def test_superctl_logs_follow_exits_0_on_sigint(superd: Superd) -> None:
     superd.start({"a": ticker(0.02)})
-    ctl = subprocess.Popen([PY, "-m", "supervisor.cli", "-s", superd.socket, "logs", "a",
+    ctl = subprocess.Popen([PY, "-m", "superd.cli", "-s", superd.socket, "logs", "a",
                             "-f", "-n", "1"], env=superd.env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.protocol import HEADER, MAX_BODY, Decoder, FrameError, Kind, encode
+from superd.protocol import HEADER, MAX_BODY, Decoder, FrameError, Kind, encode
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(),

@@ -1,4 +1,4 @@
-"""Unit tests for supervisor.reload: the diff of two configs, without processes."""
+"""Unit tests for superd.reload: the diff of two configs, without processes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from supervisor.config import Config, load
-from supervisor.reload import RESTART_NEEDED, diff, missing_sockets, summary_lines
+from superd.config import Config, load
+from superd.reload import RESTART_NEEDED, diff, missing_sockets, summary_lines
 
 
 def make(tmp_path: Path, workers: dict[str, Any], **top: Any) -> Config:
@@ -98,8 +98,8 @@ def test_summary_lines() -> None:
 
 
 def test_log_error_events_reach_listeners(tmp_path: Path) -> None:
-    from supervisor.loop import Loop
-    from supervisor.supervisor import Supervisor
+    from superd.loop import Loop
+    from superd.supervisor import Supervisor
 
     loop = Loop()
     try:

@@ -1,13 +1,11 @@
-"""Unit tests for supervisor.resources: /proc parsing and CPU arithmetic."""
+"""Unit tests for superd.resources: /proc parsing and CPU arithmetic."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from support import wait_for
-
-from supervisor.resources import (
+from superd.resources import (
     CLOCK_TICKS,
     PAGE_SIZE,
     ResourceSampler,
@@ -18,6 +16,7 @@ from supervisor.resources import (
     parse_uptime,
     scan_groups,
 )
+from support import wait_for
 
 # A real line, with a command name that holds a space and a ')'.
 STAT = ("4242 (my worker) x) S 1 4240 4240 0 -1 4194560 120 0 0 0 "

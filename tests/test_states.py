@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import WorkerConfig, load
-from supervisor.states import ALLOWED, TRANSITIONS, Event, State
-from supervisor.worker import Instance, backoff_delay
+from superd.config import WorkerConfig, load
+from superd.states import ALLOWED, TRANSITIONS, Event, State
+from superd.worker import Instance, backoff_delay
 
 
 class FakeTimer:

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO, Superd, wait_for
 
-from supervisor.deps import dependents, start_order
-from supervisor.notify import status_summary
-from supervisor.readiness import parse_notify
+from superd.deps import dependents, start_order
+from superd.notify import status_summary
+from superd.readiness import parse_notify
+from support import REPO, Superd, wait_for
 
 PY = sys.executable
 
@@ -106,7 +106,7 @@ def test_foreground_sends_ready_status_stopping_in_order(superd: Superd) -> None
     listener.bind("\0superd-test-" + superd.tag)  # an abstract address, as systemd uses
     listener.settimeout(20)
     env = dict(superd.env, NOTIFY_SOCKET="@superd-test-" + superd.tag)
-    daemon = subprocess.Popen([PY, "-m", "supervisor", "--foreground", "-c",
+    daemon = subprocess.Popen([PY, "-m", "superd", "--foreground", "-c",
                                str(superd.config_path)], env=env, stderr=subprocess.DEVNULL,
                               stdin=subprocess.DEVNULL)
     try:
@@ -340,8 +340,8 @@ def test_bundled_sockets_example_works(superd: Superd) -> None:
 
 
 def test_watchdog_and_reload_messages(superd: Superd, monkeypatch: pytest.MonkeyPatch) -> None:
-    from supervisor.loop import Loop
-    from supervisor.notify import SystemdNotifier, notify_ready, notify_reloading
+    from superd.loop import Loop
+    from superd.notify import SystemdNotifier, notify_ready, notify_reloading
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(superd.folder / "n.sock"))

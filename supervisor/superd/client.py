@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from supervisor.protocol import Decoder, FrameError, Kind, encode
+from superd.protocol import Decoder, FrameError, Kind, encode
 
 RECV_SIZE = 65536
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.client import Client, CommandFailed, DaemonUnreachable
+from superd.client import Client, CommandFailed, DaemonUnreachable
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -294,7 +294,7 @@ def print_json_line(message: Row) -> None:
 
 def cmd_reload(client: Client, args: argparse.Namespace) -> int:
     """Re-read the config and apply what changed; print the diff applied."""
-    from supervisor.reload import summary_lines
+    from superd.reload import summary_lines
 
     try:
         result = as_object(client.request("reload", {}))
@@ -337,7 +337,7 @@ def event_line(event: Row) -> str:
             line += f" ({describe_exit(int(event['exit_status']))})"
         return line
     if kind == "reload":
-        from supervisor.reload import summary_lines
+        from superd.reload import summary_lines
 
         return f"{stamp} reload: {'; '.join(summary_lines(event))}"
     if kind == "log_error":
@@ -435,7 +435,7 @@ def socket_path(args: argparse.Namespace) -> str:
 
 def config_socket(config_arg: str | None) -> str:
     # Imported here so that `superctl -s` never pays for loading yaml.
-    from supervisor import config
+    from superd import config
 
     try:
         return str(config.load(config.find_path(config_arg)).daemon.socket)
