@@ -21,11 +21,11 @@ from superd.config import (
     ReadyConfig,
     find_path,
     load,
-    log_name,
     parse_duration,
     parse_signal,
     parse_size,
 )
+from superd.names import log_name
 
 REFERENCE_CONFIG = Path(__file__).parents[1] / "config" / "superd.yaml"
 MINIMAL_WORKER = "workers:\n  web:\n    command: [sleep, '5']\n"

@@ -95,21 +95,3 @@ def test_summary_lines() -> None:
     result = {"added": ["a"], "removed": ["b", "c"], "changed": [], "daemon": [],
               "not_applied": []}
     assert summary_lines(result) == ["added: a", "removed: b, c"]
-
-
-def test_log_error_events_reach_listeners(tmp_path: Path) -> None:
-    from superd.loop import Loop
-    from superd.supervisor import Supervisor
-
-    loop = Loop()
-    try:
-        supervisor = Supervisor(make(tmp_path, {}), loop)
-        seen: list[dict[str, Any]] = []
-        supervisor.listeners.append(seen.append)
-        supervisor.report_log_error("web:0", "/var/log/web_0.out.log", "No space left on device")
-        assert seen[0]["event"] == "log_error" and seen[0]["name"] == "web:0"
-        assert seen[0]["path"] == "/var/log/web_0.out.log"
-        assert seen[0]["message"] == "No space left on device"
-        assert isinstance(seen[0]["time"], float)
-    finally:
-        loop.close()

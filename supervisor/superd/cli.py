@@ -11,13 +11,13 @@ import contextlib
 import json
 import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from superd.client import Client, CommandFailed, DaemonUnreachable
+from superd.exits import describe_exit
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -83,16 +83,6 @@ def format_bytes(size: int | None) -> str:
 
 def format_cpu(percent: float | None) -> str:
     return "-" if percent is None else f"{percent:.1f}"
-
-
-def describe_exit(status: int) -> str:
-    """Wire exit_status is the exit code, or -SIGNUM for a death by signal."""
-    if status >= 0:
-        return f"exit {status}"
-    try:
-        return f"killed by {signal.Signals(-status).name}"
-    except ValueError:
-        return f"killed by signal {-status}"
 
 
 def exit_note(row: Row) -> str:

@@ -11,17 +11,21 @@ import codecs
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from . import __version__
 from .config import parse_signal
 from .control import Connection, Reply
 from .events import Subscribers
-from .logs import LogFile
+from .exits import describe_exit
+from .launcher import signal_group
+from .logs import Follow, LogFile
 from .protocol import Kind
+from .registry import UnknownName
 from .reload import ReloadRefused
-from .states import PROCESS_ALIVE, Event, State
-from .supervisor import Supervisor, UnknownName, describe_exit, start_settled
+from .states import State
+from .status import Row
+from .supervisor import Supervisor
 from .worker import Instance
 
 FOLLOW_LIMIT = 1 << 20  # a follower this far behind is cut off
@@ -33,11 +37,11 @@ class BadArgs(Exception):
     pass
 
 
-def result_row(instance: Instance, ok: bool, error: str | None = None) -> dict[str, Any]:
+def result_row(instance: Instance, ok: bool, error: str | None = None) -> Row:
     return {"name": instance.name, "state": instance.state.value, "ok": ok, "error": error}
 
 
-def outcome(instances: list[Instance], wanted: State) -> list[dict[str, Any]]:
+def outcome(instances: list[Instance], wanted: State) -> list[Row]:
     """Per instance: did it reach the state the command wanted?"""
     rows = []
     for instance in instances:
@@ -50,17 +54,24 @@ def describe_failure(instance: Instance) -> str:
     return describe_exit(instance.exit_status) or f"ended {instance.state.value}"
 
 
+class DaemonHooks(Protocol):
+    """What the commands ask of the daemon itself."""
+
+    @property
+    def shutting_down(self) -> bool: ...
+    def shutdown(self, on_done: Callable[[], None] | None) -> None: ...
+    def reload(self, on_done: Callable[[dict[str, Any]], None]) -> None: ...
+
+
 class Commands:
-    def __init__(self, supervisor: Supervisor, shutdown: Callable[[Callable[[], None]], None],
-                 is_shutting_down: Callable[[], bool]) -> None:
-        self.supervisor = supervisor
-        self.shutdown = shutdown
-        self.is_shutting_down = is_shutting_down
+    def __init__(self, supervisor: Supervisor, daemon: DaemonHooks) -> None:
+        self.registry = supervisor.registry
+        self.orchestrator = supervisor.orchestrator
+        self.logs = supervisor.logs
+        self.status = supervisor.status
+        self.daemon = daemon
         self.started_at = time.monotonic()
-        # Set by the daemon: re-read the config and call back with the result.
-        self.reloader: Callable[[Callable[[Any], None]], None] | None = None
-        self.subscribers = Subscribers()
-        supervisor.listeners.append(self.subscribers)
+        self.subscribers = Subscribers(supervisor.bus)
 
     def dispatch(self, cmd: str, args: dict[str, Any], reply: Reply) -> None:
         handler = getattr(self, f"cmd_{cmd}", None)
@@ -79,10 +90,10 @@ class Commands:
         names = args.get("names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise BadArgs("'names' must be a list of strings")
-        return self.supervisor.resolve(names)
+        return self.registry.resolve(names)
 
     def _refuse_during_shutdown(self, reply: Reply) -> bool:
-        if self.is_shutting_down():
+        if self.daemon.shutting_down:
             reply.error("shutting_down", "superd is shutting down")
             return True
         return False
@@ -95,32 +106,28 @@ class Commands:
 
     def cmd_status(self, args: dict[str, Any], reply: Reply) -> None:
         """One row per named instance (all when none are named)."""
-        reply.ok(self.supervisor.status_rows(self._instances(args)))
+        reply.ok(self.status.rows(self._instances(args)))
 
     def cmd_start(self, args: dict[str, Any], reply: Reply) -> None:
         """Start instances; with wait (default) reply once RUNNING or FATAL."""
         instances, wait = self._instances(args), _wait_flag(args)
         if self._refuse_during_shutdown(reply):
             return
-        for instance in self.supervisor.in_start_order(instances):
-            self.supervisor.start(instance)
+        self.orchestrator.start_all(instances)
         self._reply_when_started(instances, wait, reply)
 
     def cmd_stop(self, args: dict[str, Any], reply: Reply) -> None:
         """Stop instances; reply once every one is STOPPED."""
         instances = self._instances(args)
-        self.supervisor.stop_in_order(instances,
-                                      lambda: reply.ok(outcome(instances, State.STOPPED)))
+        self.orchestrator.stop_in_order(instances,
+                                        lambda: reply.ok(outcome(instances, State.STOPPED)))
 
     def cmd_restart(self, args: dict[str, Any], reply: Reply) -> None:
         """Stop (if running) then start instances; reply as start does."""
         instances, wait = self._instances(args), _wait_flag(args)
         if self._refuse_during_shutdown(reply):
             return
-        for instance in instances:
-            if instance.state in PROCESS_ALIVE:
-                instance.handle(Event.STOP)
-            self.supervisor.start(instance)
+        self.orchestrator.restart(instances)
         self._reply_when_started(instances, wait, reply)
 
     def cmd_signal(self, args: dict[str, Any], reply: Reply) -> None:
@@ -134,17 +141,17 @@ class Commands:
             if instance.pid is None:
                 rows.append(result_row(instance, False, "not running"))
                 continue
-            self.supervisor.killpg(instance.pid, signum)
+            signal_group(instance.pid, signum)
             rows.append(result_row(instance, True))
         reply.ok(rows)
 
     def cmd_shutdown(self, args: dict[str, Any], reply: Reply) -> None:
         """Stop every worker, reply, then the daemon exits."""
-        self.shutdown(lambda: reply.ok({}))
+        self.daemon.shutdown(lambda: reply.ok({}))
 
     def cmd_reopen(self, args: dict[str, Any], reply: Reply) -> None:
         """Reopen every log file superd writes (same as SIGUSR1)."""
-        self.supervisor.logs.reopen()
+        self.logs.reopen()
         reply.ok({})
 
     def cmd_logs(self, args: dict[str, Any], reply: Reply) -> None:
@@ -152,8 +159,7 @@ class Commands:
         instance = self._one_instance(args.get("name"))
         lines, stream, follow = _logs_args(args)
         worker = instance.config
-        log_file = self.supervisor.logs.file_for(instance.name, worker.stdout, worker.stderr,
-                                                 stream)
+        log_file = self.logs.file_for(instance.name, worker.stdout, worker.stderr, stream)
         text = log_file.tail(lines).decode(errors="replace")
         reply.ok({"name": instance.name, "stream": stream, "data": text})
         if follow:
@@ -162,7 +168,7 @@ class Commands:
     def _one_instance(self, name: object) -> Instance:
         if not isinstance(name, str):
             raise BadArgs("'name' must be a string")
-        instances = self.supervisor.resolve([name])
+        instances = self.registry.resolve([name])
         if len(instances) != 1 or name == "all":
             raise BadArgs(f"{name} has {len(instances)} instances; name one, e.g. "
                           f"{instances[0].name}")
@@ -171,11 +177,8 @@ class Commands:
 
     def cmd_reload(self, args: dict[str, Any], reply: Reply) -> None:
         """Re-read the config; apply what changed; reply with the diff applied."""
-        if self.reloader is None:
-            reply.error("unsupported", "reload is not available")
-            return
         try:
-            self.reloader(reply.ok)
+            self.daemon.reload(reply.ok)
         except ReloadRefused as exc:
             reply.error(exc.code, exc.message)
 
@@ -189,8 +192,8 @@ class Commands:
         if not wait:
             reply.ok([result_row(i, i.state is not State.FATAL) for i in instances])
             return
-        self.supervisor.wait(instances, start_settled,
-                             lambda: reply.ok(outcome(instances, State.RUNNING)))
+        self.orchestrator.when_started(instances,
+                                       lambda: reply.ok(outcome(instances, State.RUNNING)))
 
 
 def _wait_flag(args: dict[str, Any]) -> bool:
@@ -212,26 +215,22 @@ def _logs_args(args: dict[str, Any]) -> tuple[int, str, bool]:
     return lines, stream, follow
 
 
-def follow_log(connection: Connection, name: str, stream: str, log_file: LogFile) -> None:
+def follow_log(connection: Connection, name: str, stream: str, log_file: LogFile) -> Follow:
     """Push new output as events until the client goes, or falls too far behind."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(data: bytes) -> None:
-        if connection.closed or connection.closing:
-            stop()
-        elif len(connection.output) > FOLLOW_LIMIT:
-            stop()
+        if connection.finishing:
+            follow.cancel()
+        elif connection.pending_output > FOLLOW_LIMIT:
+            follow.cancel()
             connection.send(Kind.EVENT, {"event": "log_cut", "name": name, "stream": stream,
                                          "message": "reading too slowly; disconnected"})
-            connection.closing = True
-            connection.server.loop.remove_reader(connection.fd)
+            connection.close_after_flush()
         else:
             connection.send(Kind.EVENT, {"event": "log", "name": name, "stream": stream,
                                          "data": decoder.decode(data)})
 
-    def stop() -> None:
-        if push in log_file.followers:
-            log_file.followers.remove(push)
-
-    log_file.followers.append(push)
-    connection.on_close.append(stop)
+    follow = log_file.follow(push)
+    connection.when_closed(follow.cancel)
+    return follow

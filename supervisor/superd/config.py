@@ -18,11 +18,15 @@ import shlex
 import signal
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from fractions import Fraction
 from typing import NamedTuple, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .deps import find_cycles
+from .names import instance_name
 
 T = TypeVar("T")
 
@@ -32,21 +36,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 MAX_UNIX_PATH_BYTES = 107
 MEBIBYTE = 1024 * 1024
 
-TOP_KEYS = ("daemon", "sockets", "workers")
-DAEMON_KEYS = (
-    "socket", "socket_mode", "socket_group", "pidfile", "log_dir", "log_file",
-    "shutdown_timeout",
-)
-SOCKET_KEYS = ("listen", "backlog", "mode")
-WORKER_KEYS = (
-    "command", "numprocs", "directory", "environment", "user", "umask",
-    "autostart", "autorestart", "exitcodes", "startsecs", "startretries",
-    "backoff", "stopsignal", "stoptimeout", "ready", "sockets", "depends_on",
-    "stdout", "stderr",
-)
-BACKOFF_KEYS = ("initial", "max")
-STDOUT_KEYS = ("file", "maxbytes", "backups")
-STDERR_KEYS = (*STDOUT_KEYS, "merge")
 AUTORESTART_CHOICES = ("always", "on-failure", "never")
 
 NULL_TAG = "tag:yaml.org,2002:null"
@@ -103,9 +92,7 @@ class WorkerConfig:
     stderr: LogConfig
 
     def instance_names(self) -> list[str]:
-        if self.numprocs == 1:
-            return [self.name]
-        return [f"{self.name}:{index}" for index in range(self.numprocs)]
+        return [instance_name(self.name, index, self.numprocs) for index in range(self.numprocs)]
 
 
 @dataclass(frozen=True)
@@ -133,6 +120,23 @@ class Config:
     daemon: DaemonConfig
     sockets: dict[str, SocketConfig]
     workers: dict[str, WorkerConfig]
+
+
+def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
+    """The config keys a dataclass reads: its field names, in order."""
+    return tuple(f.name for f in dataclass_fields(cls) if f.name not in without)
+
+
+# The keys each section accepts come from the dataclasses, so a new field
+# cannot be forgotten here.  `name` and `path` are not written by users.
+TOP_KEYS = keys_of(Config, without=("path",))
+DAEMON_KEYS = keys_of(DaemonConfig)
+SOCKET_KEYS = keys_of(SocketConfig, without=("name",))
+WORKER_KEYS = keys_of(WorkerConfig, without=("name",))
+BACKOFF_KEYS = keys_of(BackoffConfig)
+STDERR_KEYS = keys_of(LogConfig)
+STDOUT_KEYS = keys_of(LogConfig, without=("merge",))
+READY_KEYS = ("tcp",)
 
 
 @dataclass(frozen=True)
@@ -165,10 +169,6 @@ def find_path(cli_value: str | None) -> str:
         return SYSTEM_CONFIG_PATH
     config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return os.path.join(config_home, "superd", "superd.yaml")
-
-
-def log_name(instance: str) -> str:
-    return instance.replace(":", "_")
 
 
 _NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
@@ -611,7 +611,7 @@ def _backoff(context: _Context, node: Node, path: str) -> BackoffConfig:
 def _ready(context: _Context, node: Node, path: str) -> ReadyConfig:
     if not isinstance(node, MappingNode):
         return _convert(context, node, path, _ready_kind, DEFAULT_READY)
-    fields = _Fields(context, _mapping(context, node, path, ("tcp",), ("tcp",)), path)
+    fields = _Fields(context, _mapping(context, node, path, READY_KEYS, READY_KEYS), path)
     port = fields.value("tcp", _integer(minimum=1, maximum=65535, what="a TCP port"), None)
     return ReadyConfig("tcp", port)
 
@@ -653,31 +653,10 @@ def _report_cycles(
     context: _Context, workers: dict[str, WorkerConfig], entries: dict[str, _Entry]
 ) -> None:
     graph = {name: worker.depends_on for name, worker in workers.items()}
-    for cycle in _find_cycles(graph):
+    for cycle in find_cycles(graph):
         key_node = _key_node(entries[cycle[0]].value, "depends_on")
         message = "dependency cycle: " + " -> ".join(cycle)
         context.report(key_node, _join(_join("workers", cycle[0]), "depends_on"), message)
-
-
-def _find_cycles(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
-    """Each cycle met by a depth-first walk, written as the path that closes it."""
-    cycles: list[list[str]] = []
-    finished: set[str] = set()
-    for root in graph:
-        if root in finished:
-            continue
-        path, children = [root], [iter(graph[root])]
-        while children:
-            child = next(children[-1], None)
-            if child is None:
-                finished.add(path.pop())
-                children.pop()
-            elif child in path:
-                cycles.append([*path[path.index(child):], child])
-            elif child not in finished:
-                path.append(child)
-                children.append(iter(graph.get(child, ())))
-    return cycles
 
 
 # ---------------------------------------------------------------- value converters

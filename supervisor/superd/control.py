@@ -56,12 +56,36 @@ class Connection:
         self.fd = sock.fileno()
         self.allowed = allowed
         self.decoder = Decoder()
-        self.output = bytearray()
+        self._output = bytearray()
         self.replies: deque[Reply] = deque()
-        self.closing = False  # close once the output is written
+        self._closing = False  # close once the output is written
         self.closed = False
-        self.on_close: list[Callable[[], None]] = []
+        self._on_close: list[Callable[[], None]] = []
         server.loop.add_reader(self.fd, self.on_readable)
+
+    # -- what others may ask and tell a connection -------------------------
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued for the client and not yet taken by the socket."""
+        return len(self._output)
+
+    @property
+    def finishing(self) -> bool:
+        """Closed, or closing once its output is written: send it nothing new."""
+        return self.closed or self._closing
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    def close_after_flush(self) -> None:
+        """Read no more; close once what is queued has been written."""
+        self._closing = True
+        self.server.loop.remove_reader(self.fd)
+        self.write_output()
+
+    def move_to(self, server: ControlServer) -> None:
+        """Belong to another server (the control socket moved on reload)."""
+        self.server = server
 
     def on_readable(self) -> None:
         try:
@@ -79,7 +103,7 @@ class Connection:
             self.reject_frame(str(exc))
             return
         for kind, message in messages:
-            if self.closing:
+            if self._closing:
                 return
             if kind is not Kind.REQUEST:
                 self.reject_frame(f"expected a request, got kind {int(kind)}")
@@ -91,9 +115,7 @@ class Connection:
         reply = Reply(self, None)
         self.replies.append(reply)
         reply.error("bad_frame", reason)
-        self.closing = True
-        self.server.loop.remove_reader(self.fd)
-        self.write_output()
+        self.close_after_flush()
 
     def handle_request(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
@@ -125,8 +147,8 @@ class Connection:
         """Queue an encoded frame; cut the client off once `limit` bytes wait."""
         if self.closed:
             return
-        self.output += frame
-        if len(self.output) > limit:
+        self._output += frame
+        if len(self._output) > limit:
             log.warning("control client on fd %d is not reading; disconnecting", self.fd)
             self.close()
             return
@@ -135,20 +157,22 @@ class Connection:
     def write_output(self) -> None:
         if self.closed:
             return
-        if self.output:
+        if self._output:
             try:
-                sent = self.sock.send(self.output)
+                sent = self.sock.send(self._output)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
                 self.close()
                 return
-            del self.output[:sent]
-        if self.output:
-            self.server.loop.add_writer(self.fd, self.write_output)
+            del self._output[:sent]
+        loop = self.server.loop
+        if self._output:
+            if not loop.has_writer(self.fd):
+                loop.add_writer(self.fd, self.write_output)
             return
-        self.server.loop.remove_writer(self.fd)
-        if self.closing:
+        loop.remove_writer(self.fd)
+        if self._closing:
             self.close()
 
     def close(self) -> None:
@@ -159,7 +183,7 @@ class Connection:
         self.server.loop.remove_writer(self.fd)
         self.server.connections.discard(self)
         self.sock.close()
-        for callback in self.on_close:
+        for callback in self._on_close:
             callback()
 
 
@@ -169,7 +193,8 @@ class ControlServer:
         self.loop = loop
         self.sock = sock
         self.path = path
-        self.group_id = grp.getgrnam(group).gr_gid if group else None
+        self.group_id: int | None = None
+        self.set_group(group)
         self.dispatch = dispatch
         self.connections: set[Connection] = set()
         sock.setblocking(False)
@@ -196,11 +221,19 @@ class ControlServer:
 
     def take_over(self, old: ControlServer) -> None:
         """Adopt the clients of a server whose socket is being replaced (reload)."""
-        for connection in old.connections:
-            connection.server = self
-        self.connections |= old.connections
-        old.connections = set()
+        for connection in old.release_connections():
+            connection.move_to(self)
+            self.connections.add(connection)
         old.close()
+
+    def release_connections(self) -> set[Connection]:
+        """Give up every connection (to the server that replaces this one)."""
+        connections, self.connections = self.connections, set()
+        return connections
+
+    def set_group(self, group: str | None) -> None:
+        """Which group, besides root and the daemon's user, may send commands."""
+        self.group_id = grp.getgrnam(group).gr_gid if group else None
 
     def close(self) -> None:
         for connection in list(self.connections):

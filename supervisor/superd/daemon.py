@@ -26,6 +26,7 @@ from .listen import ListenError
 from .loop import Loop, Timer
 from .notify import SystemdNotifier, notify_ready, notify_reloading, notify_stopping
 from .reload import Plan, ReloadRefused, diff, missing_sockets, summary_lines
+from .running import RunningConfig
 from .spawn import become_subreaper
 from .supervisor import Supervisor
 
@@ -34,12 +35,13 @@ log = logging.getLogger("superd")
 class StartupError(Exception):
     """The daemon cannot start; the message is the one line users see."""
 
+
 class Daemon:
     def __init__(self, config: Config, daemon_log: str | None = None) -> None:
-        self.config = config
+        self.running = RunningConfig(config)
         self.loop = Loop()
-        self.supervisor = Supervisor(config, self.loop)
-        self.supervisor.logs.daemon_log = daemon_log
+        self.supervisor = Supervisor(self.running, self.loop, daemon_log)
+        self.commands = Commands(self.supervisor, self)
         self.pidfile_fd: int | None = None
         self.control: ControlServer | None = None
         self.shutdown_callbacks: list[Callable[[], None]] = []
@@ -47,17 +49,15 @@ class Daemon:
 
     # -- start-up ---------------------------------------------------------
     def start(self) -> None:
-        self.pidfile_fd = lock_pidfile(self.config.daemon.pidfile)
+        daemon = self.running.daemon
+        self.pidfile_fd = lock_pidfile(daemon.pidfile)
         try:
             self.supervisor.open_sockets()
         except ListenError as exc:
             raise StartupError(str(exc)) from None
-        sock = bind_control_socket(self.config)
-        commands = Commands(self.supervisor, self.shutdown, lambda: self.shutting_down)
-        commands.reloader = self.reload
-        self.commands = commands
-        self.control = ControlServer(self.loop, sock, self.config.daemon.socket,
-                                     self.config.daemon.socket_group, commands.dispatch)
+        sock = bind_control_socket(self.running.config)
+        self.control = ControlServer(self.loop, sock, daemon.socket, daemon.socket_group,
+                                     self.commands.dispatch)
         self.loop.add_signal(signal.SIGCHLD, self.supervisor.reap)
         self.loop.add_signal(signal.SIGTERM, lambda: self.shutdown(None))
         self.loop.add_signal(signal.SIGINT, lambda: self.shutdown(None))
@@ -66,9 +66,8 @@ class Daemon:
         for signum in (signal.SIGUSR2,):
             self.loop.add_signal(signum, _not_yet(signum))
         become_subreaper()
-        self.supervisor.autostart()
-        log.info("superd %s started (pid %d) on %s", __version__, os.getpid(),
-                 self.config.daemon.socket)
+        self.supervisor.orchestrator.autostart()
+        log.info("superd %s started (pid %d) on %s", __version__, os.getpid(), daemon.socket)
 
     @property
     def shutting_down(self) -> bool:
@@ -83,11 +82,12 @@ class Daemon:
         having changed nothing, when it is invalid or cannot be applied."""
         if self.shutting_down:
             raise ReloadRefused("shutting_down", "superd is shutting down")
+        running = self.running.config
         try:
-            new = load(self.config.path)
+            new = load(running.path)
         except ConfigError as exc:
             raise ReloadRefused("invalid_config", str(exc)) from None
-        plan = diff(self.config, new)
+        plan = diff(running, new)
         missing = missing_sockets(plan)
         if missing:
             raise ReloadRefused("not_live", f"workers need sockets the running daemon does "
@@ -98,19 +98,18 @@ class Daemon:
         except StartupError as exc:
             raise ReloadRefused("reload_failed", str(exc)) from None
         notify_reloading()
-        self.config = plan.config
         result = plan.result()
-        log.info("reloading %s: %s", self.config.path, "; ".join(summary_lines(result)))
-        self.supervisor.publish(reload_event(result))
+        log.info("reloading %s: %s", running.path, "; ".join(summary_lines(result)))
+        self.supervisor.bus.publish(reload_event(result))
 
         def applied() -> None:
             notify_ready()
             on_done(result)
 
-        self.supervisor.apply(plan, applied)
+        self.supervisor.reconfigurer.apply(plan, applied)
 
     def _apply_daemon_section(self, plan: Plan) -> None:
-        old, new = self.config.daemon, plan.config.daemon
+        old, new = self.running.daemon, plan.config.daemon
         assert self.control is not None
         if plan.rebind:
             sock = bind_control_socket(plan.config)
@@ -120,9 +119,7 @@ class Daemon:
             self.control = server
         elif (old.socket_mode, old.socket_group) != (new.socket_mode, new.socket_group):
             set_socket_access(new.socket, plan.config)
-            self.control.group_id = None
-            if new.socket_group:
-                self.control.group_id = group_id(new.socket_group)
+            self.control.set_group(new.socket_group)
 
     def _reload_on_signal(self) -> None:
         def report(result: dict[str, Any]) -> None:
@@ -141,21 +138,21 @@ class Daemon:
             return
         log.info("shutting down")
         notify_stopping()
-        timeout = self.config.daemon.shutdown_timeout
+        timeout = self.running.daemon.shutdown_timeout
         self.shutdown_timer = self.loop.call_later(timeout, self._shutdown_overdue)
-        instances = [*self.supervisor.instances.values(), *self.supervisor.retiring]
-        self.supervisor.stop_in_order(instances, self._finish_shutdown)
+        everything = self.supervisor.registry.everything()
+        self.supervisor.orchestrator.stop_in_order(everything, self._finish_shutdown)
 
     def report_to_systemd(self) -> None:
         """STATUS= now and whenever the summary changes; WATCHDOG=1 if asked."""
         notifier = SystemdNotifier(self.loop.call_later)
-        supervisor = self.supervisor  # its instances change on reload: read them each time
+        registry = self.supervisor.registry  # its instances change on reload: ask each time
 
         def report(event: object = None) -> None:
-            notifier.status(instance.state.value for instance in supervisor.instances.values())
+            notifier.status(instance.state.value for instance in registry.instances())
 
         report()
-        supervisor.listeners.append(report)
+        self.supervisor.bus.subscribe(report)
 
     def _shutdown_overdue(self) -> None:
         log.warning("shutdown_timeout passed; killing what is left")
@@ -171,7 +168,7 @@ class Daemon:
             self.control.close()
         self.supervisor.close_sockets()
         if self.pidfile_fd is not None:
-            _unlink(self.config.daemon.pidfile)
+            _unlink(self.running.daemon.pidfile)
             os.close(self.pidfile_fd)
         self.supervisor.logs.close()
         self.loop.close()

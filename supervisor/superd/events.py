@@ -1,51 +1,90 @@
-"""Published events: their shapes, and the subscribers that receive them.
+"""Published events: their shapes, the bus that carries them, and the
+control connections that subscribe to them.
 
 Every event is a JSON object with an "event" kind and a "time" (epoch
-seconds).  Kinds: "state" (built by Supervisor.transition), "reload" and
-"log_error" (built here).  A subscriber is one control connection; each event
-is encoded once and queued on every subscriber's connection, and a subscriber
-whose queue passes SUBSCRIBER_LIMIT is disconnected instead of being waited
-for, so a client that does not read never slows the daemon or the others.
+seconds).  Kinds: "state" (every transition of an instance), "reload" and
+"log_error".  A subscribing connection gets each event encoded once and
+queued; one whose queue passes SUBSCRIBER_LIMIT is disconnected instead of
+being waited for, so a client that does not read never slows the daemon or
+the others.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .control import Connection
 from .protocol import Kind, encode
 
+if TYPE_CHECKING:
+    from .control import Connection
+
 SUBSCRIBER_LIMIT = 256 << 10
+GONE_STATES = frozenset({"EXITED", "BACKOFF", "FATAL", "STOPPED"})
+
+Event = dict[str, Any]
+Listener = Callable[[Event], None]
 
 
-def reload_event(result: dict[str, Any]) -> dict[str, Any]:
+def state_event(name: str, old: str, new: str, pid: int | None,
+                exit_status: int | None) -> Event:
+    event: Event = {"event": "state", "name": name, "from": old, "to": new, "pid": pid,
+                    "time": time.time()}
+    if new in GONE_STATES:
+        event["exit_status"] = exit_status
+    return event
+
+
+def reload_event(result: dict[str, Any]) -> Event:
     return {"event": "reload", "time": time.time(), **result}
 
 
-def log_error_event(name: str | None, path: str, message: str) -> dict[str, Any]:
+def log_error_event(name: str | None, path: str, message: str) -> Event:
     """A worker's (name) or the daemon's (None) log file could not be written."""
     return {"event": "log_error", "name": name, "path": path, "message": message,
             "time": time.time()}
 
 
-class Subscribers:
-    """The connections that asked for events; a Supervisor listener."""
+class EventBus:
+    """Hands each published event to every listener, in subscription order."""
 
     def __init__(self) -> None:
-        self.connections: list[Connection] = []
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Add a listener; returns the function that removes it again."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def publish(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            listener(event)
+
+
+class Subscribers:
+    """The connections that asked for events; one listener on the bus."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._connections: list[Connection] = []
+        bus.subscribe(self._deliver)
 
     def add(self, connection: Connection) -> None:
-        self.connections.append(connection)
-        connection.on_close.append(lambda: self._forget(connection))
+        self._connections.append(connection)
+        connection.when_closed(lambda: self._forget(connection))
 
     def _forget(self, connection: Connection) -> None:
-        if connection in self.connections:
-            self.connections.remove(connection)
+        if connection in self._connections:
+            self._connections.remove(connection)
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        if not self.connections:
+    def _deliver(self, event: Event) -> None:
+        if not self._connections:
             return
         frame = encode(Kind.EVENT, event)
-        for connection in list(self.connections):
+        for connection in list(self._connections):
             connection.send_frame(frame, SUBSCRIBER_LIMIT)

@@ -17,11 +17,14 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .config import Config, LogConfig, log_name
+from .config import LogConfig
 from .loop import Loop, Timer
+from .names import log_name
+from .running import RunningConfig
 
 log = logging.getLogger("superd")
 
@@ -41,13 +44,36 @@ TAIL_LIMIT = 160 << 10  # at most this much text answers one `logs` request
 FOLLOW_CHUNK = 128 << 10  # at most this much output per event to followers
 
 Follower = Callable[[bytes], None]
+# (path, message): a file started failing; told once per episode.
+FailureReport = Callable[[str, str], None]
+# (instance name, path, message): the same, for each instance writing that file.
+InstanceFailureReport = Callable[[str, str, str], None]
+
+
+class Follow:
+    """A subscription to the bytes written to one log file; cancel() ends it."""
+
+    def __init__(self, followers: list[Follower], follower: Follower) -> None:
+        self._followers = followers
+        self._follower = follower
+        followers.append(follower)
+
+    def cancel(self) -> None:
+        if self._follower in self._followers:
+            self._followers.remove(self._follower)
+
+
+def _ignore_failure(path: str, message: str) -> None:
+    pass
 
 
 class LogFile:
     """One log file with size-based rotation; owns its fd."""
 
-    def __init__(self, path: str, settings: LogConfig) -> None:
+    def __init__(self, path: str, settings: LogConfig,
+                 on_failure: FailureReport = _ignore_failure) -> None:
         self.path = path
+        self.on_failure = on_failure
         self.maxbytes = settings.maxbytes
         self.backups = settings.backups
         self.fd: int | None = None
@@ -58,7 +84,11 @@ class LogFile:
         self.nlink_checked = 0.0
         self.regular = True
         self.splice_ok = os.environ.get("SUPERD_NO_SPLICE") is None
-        self.followers: list[Follower] = []
+        self._followers: list[Follower] = []
+
+    def follow(self, follower: Follower) -> Follow:
+        """Call follower with every chunk written from now on."""
+        return Follow(self._followers, follower)
 
     # -- opening ----------------------------------------------------------
     def open(self) -> None:
@@ -123,14 +153,14 @@ class LogFile:
 
     def _room(self) -> int:
         """How much to ask for in one move: to the rotation point, in bounded chunks."""
-        chunk = CHUNK if self.splice_ok and not self.followers else FOLLOW_CHUNK
+        chunk = CHUNK if self.splice_ok and not self._followers else FOLLOW_CHUNK
         if not self.maxbytes or not self.regular:
             return chunk
         return max(1, min(chunk, self.maxbytes - self.size))
 
     def _move(self, pipe: int, size: int) -> int | None:
         """Bytes moved; 0 at EOF; None when the pipe is empty or the file failed."""
-        if self.splice_ok and not self.followers:
+        if self.splice_ok and not self._followers:
             try:
                 count = os.splice(pipe, self._fd(), size)
             except BlockingIOError:
@@ -156,7 +186,7 @@ class LogFile:
 
     def write(self, data: bytes) -> None:
         """Write bytes already read (read path, or the daemon's own messages)."""
-        for follower in list(self.followers):
+        for follower in list(self._followers):
             follower(data)
         view = memoryview(data)
         while view:
@@ -197,8 +227,10 @@ class LogFile:
         # answer is the same: drop, count, retry later; never stop draining.
         if self.failing_since is None:
             self.failing_since = time.monotonic()
+            reason = exc.strerror or str(exc)
             log.error("cannot write %s: %s; dropping output until it works again",
-                      self.path, exc.strerror or exc)
+                      self.path, reason)
+            self.on_failure(self.path, reason)
         self.retry_at = time.monotonic() + RETRY_AFTER
         self.close()
 
@@ -353,10 +385,10 @@ class InstanceLogs:
         return sum(log_file.dropped for log_file in self.files())
 
 
-def log_paths(config: Config, name: str, stdout: LogConfig, stderr: LogConfig) \
+def log_paths(log_dir: str, name: str, stdout: LogConfig, stderr: LogConfig) \
         -> tuple[str, str | None]:
     """Where an instance's stdout and stderr go (None: stderr joins stdout)."""
-    base = os.path.join(config.daemon.log_dir, log_name(name))
+    base = os.path.join(log_dir, log_name(name))
     out = stdout.file or base + ".out.log"
     if stderr.merge:
         return out, None
@@ -366,19 +398,22 @@ def log_paths(config: Config, name: str, stdout: LogConfig, stderr: LogConfig) \
 class Logs:
     """Every instance's output: pipes in, files out, tail and followers."""
 
-    def __init__(self, config: Config, loop: Loop) -> None:
-        self.config = config
+    def __init__(self, running: RunningConfig, loop: Loop,
+                 report_failure: InstanceFailureReport, daemon_log: str | None = None) -> None:
+        self.running = running
         self.loop = loop
+        self.report_failure = report_failure
         self.instances: dict[str, InstanceLogs] = {}
         # One LogFile per path: instances (or both streams) naming the same file
         # share its offset and rotation instead of overwriting each other.
         self.files: dict[str, LogFile] = {}
-        self.daemon_log: str | None = None  # set when detached: stdout/stderr go there
+        self.daemon_log = daemon_log  # when detached: the daemon's stdout/stderr go there
 
     def logs_of(self, name: str, stdout: LogConfig, stderr: LogConfig) -> InstanceLogs:
         entry = self.instances.get(name)
         if entry is None:
-            out_path, err_path = log_paths(self.config, name, stdout, stderr)
+            log_dir = self.running.daemon.log_dir
+            out_path, err_path = log_paths(log_dir, name, stdout, stderr)
             entry = InstanceLogs(self._file(out_path, stdout),
                                  None if err_path is None else self._file(err_path, stderr))
             self.instances[name] = entry
@@ -387,26 +422,34 @@ class Logs:
     def _file(self, path: str, settings: LogConfig) -> LogFile:
         log_file = self.files.get(path)
         if log_file is None:
-            log_file = self.files[path] = LogFile(path, settings)
+            log_file = self.files[path] = LogFile(path, settings, self._failed)
             log_file.open()
         return log_file
 
-    def pipes_for(self, name: str, stdout: LogConfig, stderr: LogConfig) -> tuple[int, int]:
-        """Fresh pipes for a spawn; returns the write ends (stdout, stderr) for the child.
+    def _failed(self, path: str, message: str) -> None:
+        """Tell once for each instance whose output goes to the failing file."""
+        for name, entry in self.instances.items():
+            if any(log_file.path == path for log_file in entry.files()):
+                self.report_failure(name, path, message)
 
-        The caller closes the write ends after fork.  Pipes left by the
-        previous run are drained and closed first.
+    @contextmanager
+    def child_stdio(self, name: str, stdout: LogConfig,
+                    stderr: LogConfig) -> Iterator[tuple[int, int]]:
+        """Fresh pipes for a spawn: yields the write ends (stdout, stderr) for the
+        child to inherit, and closes them once the fork is done.
+
+        Pipes left by the previous run are drained and closed first.
         """
         entry = self.logs_of(name, stdout, stderr)
         self._close_captures(entry)
-        out = self._capture(entry, entry.stdout)
-        if entry.stderr is None:
-            return out, out
+        write_ends = [self._capture(entry, entry.stdout)]
         try:
-            return out, self._capture(entry, entry.stderr)
-        except OSError:
-            os.close(out)
-            raise
+            if entry.stderr is not None:
+                write_ends.append(self._capture(entry, entry.stderr))
+            yield write_ends[0], write_ends[-1]
+        finally:
+            for write_end in write_ends:
+                os.close(write_end)
 
     def _capture(self, entry: InstanceLogs, target: LogFile) -> int:
         read_end, write_end = make_pipe()

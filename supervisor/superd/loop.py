@@ -44,17 +44,26 @@ class Loop:
         self._selector.register(self._wake_read, selectors.EVENT_READ)
 
     # -- file descriptors -------------------------------------------------
+    # Each fd has one owner, who registers it and unregisters it before closing
+    # it.  A second registration is refused: it means an fd was closed while
+    # still registered and its number reused, or two objects think they own it.
     def add_reader(self, fd: int, callback: Callback) -> None:
-        self._readers[fd] = callback
+        _claim(self._readers, fd, callback, "reader")
         self._update(fd)
 
     def remove_reader(self, fd: int) -> None:
         self._readers.pop(fd, None)
         self._update(fd)
 
+    def has_reader(self, fd: int) -> bool:
+        return fd in self._readers
+
     def add_writer(self, fd: int, callback: Callback) -> None:
-        self._writers[fd] = callback
+        _claim(self._writers, fd, callback, "writer")
         self._update(fd)
+
+    def has_writer(self, fd: int) -> bool:
+        return fd in self._writers
 
     def remove_writer(self, fd: int) -> None:
         self._writers.pop(fd, None)
@@ -147,6 +156,16 @@ class Loop:
         self._selector.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+
+class FdOwned(ValueError):
+    """An fd that already has a reader (or writer) was registered again."""
+
+
+def _claim(table: dict[int, Callback], fd: int, callback: Callback, role: str) -> None:
+    if fd in table:
+        raise FdOwned(f"fd {fd} already has a {role}: {table[fd]!r}")
+    table[fd] = callback
 
 
 def _wake_only(signum: int, frame: object) -> None:

@@ -110,7 +110,7 @@ class NotifyServer:
             return
         fields = parse_notify(payload)
         if "STATUS" in fields:
-            instance.status_text = fields["STATUS"][:STATUS_TEXT_MAX]
+            instance.report_status(fields["STATUS"][:STATUS_TEXT_MAX])
         if fields.get("READY") == "1" and instance.config.ready.kind == "notify":
             instance.handle(Event.UP)
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .config import WorkerConfig
-from .states import ALLOWED, TRANSITIONS, Event, State
+from .names import instance_name
+from .states import ACTIVE, ALLOWED, TRANSITIONS, Event, State
 
 
 class TimerHandle(Protocol):
@@ -39,7 +40,7 @@ class Instance:
     def __init__(self, config: WorkerConfig, index: int, runtime: Runtime) -> None:
         self.config = config
         self.index = index
-        self.name = config.name if config.numprocs == 1 else f"{config.name}:{index}"
+        self.name = instance_name(config.name, index, config.numprocs)
         self.runtime = runtime
         self.state = State.STOPPED
         self.pid: int | None = None
@@ -51,7 +52,6 @@ class Instance:
         self.rng = random.Random()
         self._timer: TimerHandle | None = None
         self.status_text = ""  # the worker's last sd_notify STATUS=
-        self.waiting_for_deps = False  # a start is held until dependencies run
 
     # -- the public face: events in --------------------------------------
     def handle(self, event: Event) -> None:
@@ -67,6 +67,24 @@ class Instance:
             # never finds a stray grandchild holding its port or files.
             self.runtime.killpg(pgid, signal.SIGKILL)
         self.handle(Event.DIED)
+
+    def report_status(self, text: str) -> None:
+        """The worker's own one-line status (sd_notify STATUS=)."""
+        self.status_text = text
+
+    def reconfigure(self, config: WorkerConfig) -> None:
+        """Run with these settings from the next spawn on (a reload)."""
+        self.config = config
+
+    @property
+    def start_pending(self) -> bool:
+        """Stopping now, and asked to start again once stopped."""
+        return self.start_after_stop
+
+    @property
+    def wants_to_run(self) -> bool:
+        """Running or on its way there, by itself or after a stop."""
+        return self.state in ACTIVE or self.start_after_stop
 
     def uptime(self) -> float | None:
         if self.pid is None or self.started_at is None:
@@ -146,6 +164,7 @@ class Instance:
 
     # -- mechanics -------------------------------------------------------
     def _launch(self) -> None:
+        self.status_text = ""
         try:
             self.pid = self.runtime.spawn(self)
         except OSError:

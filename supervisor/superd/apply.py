@@ -1,0 +1,66 @@
+"""Applying a reload: run the new config with as little disturbance as possible.
+
+reload.py decides what changed; this carries it out: removed instances are
+stopped (and reaped, as retiring, until gone), changed ones are stopped with
+the settings they were started with and started with the new ones, added ones
+start if `autostart`, and unchanged ones are not touched at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .config import WorkerConfig
+from .names import instance_index
+from .orchestrator import Orchestrator, stop_settled
+from .registry import Registry
+from .reload import Plan, instance_configs
+from .running import RunningConfig
+from .states import Event
+from .waiters import Settled
+from .worker import Instance
+
+NewInstance = Callable[[WorkerConfig, int], Instance]
+
+
+class Reconfigurer:
+    def __init__(self, running: RunningConfig, registry: Registry,
+                 orchestrator: Orchestrator, new_instance: NewInstance) -> None:
+        self.running = running
+        self.registry = registry
+        self.orchestrator = orchestrator
+        self.new_instance = new_instance
+
+    def apply(self, plan: Plan, callback: Callable[[], None]) -> None:
+        """Run plan.config; call back once every touched instance has settled."""
+        self.running.replace(plan.config)
+        removed = [self.registry.get(name) for name in plan.removed]
+        instances, touched = [], []
+        for name, worker in instance_configs(plan.config).items():
+            instance = self.registry.get(name) or self.new_instance(worker,
+                                                                     instance_index(name))
+            instances.append(instance)
+            if name in plan.changed or name in plan.added:
+                touched.append((instance, worker))
+            else:
+                instance.reconfigure(worker)  # equal but for numprocs
+        self.registry.replace(instances)
+        targets: dict[Instance, Settled] = {}
+        for instance, worker in touched:
+            targets[instance] = self._restart_with(instance, worker)
+        for gone in removed:
+            assert gone is not None
+            gone.handle(Event.STOP)
+            self.registry.retire(gone)
+            targets[gone] = stop_settled
+        self.orchestrator.when(list(targets), lambda instance: targets[instance](instance),
+                               callback)
+
+    def _restart_with(self, instance: Instance, worker: WorkerConfig) -> Settled:
+        was_active = instance.wants_to_run
+        instance.handle(Event.STOP)  # with the settings it was started with
+        instance.reconfigure(worker)
+        if was_active or worker.autostart:
+            instance.handle(Event.START)
+            return self.orchestrator.start_settled
+        return stop_settled

@@ -1,0 +1,109 @@
+"""Starting and stopping instances in dependency order, and waiting for them.
+
+A start is held until every dependency is RUNNING (starting the dependencies
+first if they are not on their way); a stop of several instances stops
+dependents before what they depend on.  Both run on waiters, so nothing here
+ever blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .deps import dependents, start_order
+from .registry import Registry
+from .running import RunningConfig
+from .states import ACTIVE, PROCESS_ALIVE, Event, State
+from .waiters import Settled, Waiters
+from .worker import Instance
+
+log = logging.getLogger("superd")
+
+
+def stop_settled(instance: Instance) -> bool:
+    return instance.state in (State.STOPPED, State.EXITED, State.FATAL)
+
+
+class Orchestrator:
+    def __init__(self, running: RunningConfig, registry: Registry, waiters: Waiters) -> None:
+        self.running = running
+        self.registry = registry
+        self.waiters = waiters
+        self._held: set[Instance] = set()  # starts waiting for their dependencies
+
+    # -- what a start or stop has come to --------------------------------
+    def start_settled(self, instance: Instance) -> bool:
+        """RUNNING or FATAL, or stopped with no start still on its way."""
+        if instance.state in (State.RUNNING, State.FATAL):
+            return True
+        pending = instance.start_pending or instance in self._held
+        return instance.state in (State.STOPPED, State.EXITED) and not pending
+
+    def when_started(self, instances: list[Instance], callback: Callable[[], None]) -> None:
+        self.waiters.wait(instances, self.start_settled, callback)
+
+    def when(self, instances: list[Instance], done: Settled,
+             callback: Callable[[], None]) -> None:
+        self.waiters.wait(instances, done, callback)
+
+    # -- starting -----------------------------------------------------------
+    def in_start_order(self, instances: list[Instance]) -> list[Instance]:
+        rank = {name: index for index, name in enumerate(start_order(self.running.depends_on()))}
+        return sorted(instances, key=lambda instance: rank[instance.config.name])
+
+    def start_all(self, instances: list[Instance]) -> None:
+        for instance in self.in_start_order(instances):
+            self.start(instance)
+
+    def autostart(self) -> None:
+        self.start_all([i for i in self.registry.instances() if i.config.autostart])
+
+    def start(self, instance: Instance) -> None:
+        """START once every dependency is RUNNING, starting them first if needed."""
+        needed = [dep for name in instance.config.depends_on for dep in self.registry.match(name)]
+        for dependency in needed:
+            if dependency.state not in ACTIVE:
+                self.start(dependency)
+        if all(dependency.state is State.RUNNING for dependency in needed):
+            instance.handle(Event.START)
+            return
+        if instance in self._held:
+            return
+        self._held.add(instance)
+        self.waiters.wait(needed, self.start_settled,
+                          lambda: self._dependencies_settled(instance, needed))
+
+    def _dependencies_settled(self, instance: Instance, needed: list[Instance]) -> None:
+        if instance not in self._held:
+            return  # stopped while it waited
+        self._held.discard(instance)
+        failed = [dep.name for dep in needed if dep.state is not State.RUNNING]
+        if failed:
+            log.error("%s: not started: dependency %s is not running", instance.name,
+                      ", ".join(failed))
+            self.waiters.wake()
+            return
+        instance.handle(Event.START)
+
+    def restart(self, instances: list[Instance]) -> None:
+        """Stop (if a process is alive) then start each instance."""
+        for instance in instances:
+            if instance.state in PROCESS_ALIVE:
+                instance.handle(Event.STOP)
+            self.start(instance)
+
+    # -- stopping -----------------------------------------------------------
+    def stop_in_order(self, instances: list[Instance], callback: Callable[[], None]) -> None:
+        """Stop dependents before what they depend on; call back when all stopped."""
+        depends_on = self.running.depends_on()
+        self._held.difference_update(instances)
+        for instance in instances:
+            first = set(dependents(depends_on, instance.config.name))
+            blockers = [other for other in instances if other.config.name in first]
+            self.waiters.wait(blockers, stop_settled, _stopper(instance))
+        self.waiters.wait(instances, stop_settled, callback)
+
+
+def _stopper(instance: Instance) -> Callable[[], None]:
+    return lambda: instance.handle(Event.STOP)
