@@ -264,6 +264,8 @@ def test_unwritable_log_drops_counts_and_resumes(superd: Superd) -> None:
     out = superd.log_file("a")
     wait_for(lambda: out.stat().st_size > 0, what="first output")
     daemon = superd.pid or 0
+    events = superd.client()
+    assert events.result("subscribe") == {}
     limits = resource.prlimit(daemon, resource.RLIMIT_FSIZE)
     # A 1-byte file size limit on the daemon: every write to the log fails (EFBIG).
     resource.prlimit(daemon, resource.RLIMIT_FSIZE, (1, limits[1]))
@@ -273,6 +275,10 @@ def test_unwritable_log_drops_counts_and_resumes(superd: Superd) -> None:
         assert row["pid"] == pid and row["state"] == "RUNNING"
     finally:
         resource.prlimit(daemon, resource.RLIMIT_FSIZE, limits)
+    error = next_event(events, "log_error")
+    assert error["name"] == "a" and error["path"] == str(out)
+    assert "too large" in error["message"] and isinstance(error["time"], float)
+    events.close()
     stuck = out.stat().st_size
     wait_for(lambda: out.stat().st_size > stuck + 100, what="writing to resume")
     daemon_log = superd.folder / "log" / "superd.log"
@@ -280,6 +286,15 @@ def test_unwritable_log_drops_counts_and_resumes(superd: Superd) -> None:
     assert superd.status("a")["pid"] == pid
     result = superd.ctl("--json", "status", "a")
     assert '"log_dropped_bytes"' in result.stdout
+
+
+def next_event(client: Client, kind: str) -> dict[str, Any]:
+    """The first pushed event of this kind (the client's timeout bounds the wait)."""
+    while True:
+        message = client.receive()
+        assert message is not None, "daemon closed the event stream"
+        if message[0] is Kind.EVENT and message[1]["event"] == kind:
+            return message[1]
 
 
 def test_deleted_log_folder_is_created_again(superd: Superd) -> None:
