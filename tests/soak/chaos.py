@@ -24,6 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from superd.protocol import HEADER, Kind, encode  # noqa: E402
 from support import (  # noqa: E402
     DEADLINE,
     Client,
@@ -32,8 +33,6 @@ from support import (  # noqa: E402
     wait_for,
     zombie_children,
 )
-
-from superd.protocol import HEADER, Kind, encode  # noqa: E402
 
 GROUP_SIZE = 30
 MAX_IDLE_CLIENTS = 20
