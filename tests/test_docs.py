@@ -378,3 +378,10 @@ def test_python_client_example_talks_to_a_daemon(tmp_path: Path) -> None:
     assert [reply["id"] for reply in printed] == [1, 2]
     assert all(reply["ok"] for reply in printed)
     assert printed[0]["result"]["cmd"] == "ping"
+
+
+def test_layout_names_every_module_of_the_package() -> None:
+    rows = table(section(README.read_text(), "Layout"))
+    listed = {name.strip("` ") for row in rows for name in row[0].split(",")}
+    modules = {path.name for path in SOURCE_FILES} - {"__init__.py", "__main__.py"}
+    assert listed == modules
