@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from superd.protocol import HEADER, MAX_BODY, Kind, encode
 from support import Client, Superd, alive, pids_tagged, wait_for
@@ -58,6 +59,28 @@ def test_second_daemon_on_same_socket_is_refused(superd: Superd) -> None:
     assert result.returncode == 1
     assert "already running" in result.stderr and len(result.stderr.splitlines()) == 1
     assert superd.pid == first and alive(first or 0)
+
+
+def test_second_daemon_with_another_pidfile_leaves_the_live_one_alone(
+        superd: Superd, tmp_path: Path) -> None:
+    superd.start({"a": worker(SLEEPER)})
+    notify_socket = superd.socket + ".notify"
+    assert os.path.exists(notify_socket)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"daemon": {"socket": superd.socket,
+                                                "pidfile": str(tmp_path / "other.pid")},
+                                     "workers": {"b": worker(SLEEPER)}}))
+    result = superd.run("-c", str(other))
+    assert result.returncode == 1 and "live daemon" in result.stderr, result.stderr
+    assert os.path.exists(notify_socket) and os.path.exists(superd.socket)
+    assert superd.call("ping")["pid"] == superd.pid
+
+
+def test_status_of_a_daemon_without_workers(superd: Superd) -> None:
+    superd.start({})
+    result = superd.ctl("status")
+    assert result.returncode == 0, result.stderr
+    assert superd.call("status", {"names": []}) == []
 
 
 def test_stale_pidfile_and_socket_are_taken_over(superd: Superd) -> None:

@@ -51,13 +51,15 @@ class Daemon:
     def start(self) -> None:
         daemon = self.running.daemon
         self.pidfile_fd = lock_pidfile(daemon.pidfile)
+        # The control socket first: a live daemon on it stops us before we
+        # touch anything of its (the notify socket beside it, its sockets).
+        sock = bind_control_socket(self.running.config)
+        self.control = ControlServer(self.loop, sock, daemon.socket, daemon.socket_group,
+                                     self.commands.dispatch)
         try:
             self.supervisor.open_sockets()
         except ListenError as exc:
             raise StartupError(str(exc)) from None
-        sock = bind_control_socket(self.running.config)
-        self.control = ControlServer(self.loop, sock, daemon.socket, daemon.socket_group,
-                                     self.commands.dispatch)
         self.loop.add_signal(signal.SIGCHLD, self.supervisor.reap)
         self.loop.add_signal(signal.SIGTERM, lambda: self.shutdown(None))
         self.loop.add_signal(signal.SIGINT, lambda: self.shutdown(None))

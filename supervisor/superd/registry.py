@@ -93,7 +93,7 @@ class Registry:
         found: dict[str, Instance] = {}
         for name in names or ["all"]:
             matches = self.match(name)
-            if not matches:
+            if not matches and name != "all":  # `all` of no workers is no error
                 raise UnknownName(f"no such worker: {name}")
             found.update((instance.name, instance) for instance in matches)
         return list(found.values())
