@@ -188,11 +188,13 @@ class Chaos:
         interval = max(1.0, seconds / 30)
         next_sample = time.monotonic() + interval
         while time.monotonic() < deadline:
-            self.rng.choice(actions)()
-            time.sleep(self.rng.uniform(0.0, 0.05))  # pacing of the chaos, not a wait
-            if time.monotonic() >= next_sample:
-                self.report.samples.append(self.sample())
-                next_sample = time.monotonic() + interval
+            # Every kind of fault in each round, in a random order.
+            for action in self.rng.sample(actions, len(actions)):
+                action()
+                time.sleep(self.rng.uniform(0.0, 0.05))  # pacing of the chaos, not a wait
+                if time.monotonic() >= next_sample:
+                    self.report.samples.append(self.sample())
+                    next_sample = time.monotonic() + interval
         self.report.seconds = seconds
         return self.finish()
 
