@@ -221,6 +221,24 @@ def test_superctl_logs_follow_exits_0_on_sigint(superd: Superd) -> None:
             ctl.wait()
 
 
+def test_superctl_logs_follow_exits_0_when_superd_goes_away(superd: Superd) -> None:
+    superd.start({"a": ticker(0.02)})
+    ctl = subprocess.Popen([PY, "-m", "superd.cli", "-s", superd.socket, "logs", "a",
+                            "-f", "-n", "1"], env=superd.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert ctl.stdout is not None and ctl.stdout.readline()
+        assert superd.ctl("shutdown").returncode == 0
+        assert ctl.wait(timeout=20) == 0
+        assert ctl.stderr is not None
+        stderr = ctl.stderr.read()
+        assert "superd went away" in stderr and "Traceback" not in stderr
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+
+
 def test_status_answers_quickly_while_a_worker_floods(superd: Superd) -> None:
     superd.start({"a": worker(["yes"], stdout={"maxbytes": "4MB", "backups": 1}),
                   "b": worker(["yes"], stderr={"merge": True},

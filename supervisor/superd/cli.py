@@ -263,13 +263,22 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     try:
         show(as_object(client.request("logs", wire_args)))
         if args.follow:
-            for event in client.events():
-                show(event)
-                if event.get("event") == "log_cut":
-                    fail(str(event.get("message", "cut off by superd")))
-                    return EXIT_FAILED
+            return follow_logs(client, show)
     except KeyboardInterrupt:
         return EXIT_OK
+    return EXIT_OK
+
+
+def follow_logs(client: Client, show: Callable[[Row], None]) -> int:
+    """Print pushed output until interrupted or until superd goes (both exit 0)."""
+    try:
+        for event in client.events():
+            show(event)
+            if event.get("event") == "log_cut":
+                fail(str(event.get("message", "cut off by superd")))
+                return EXIT_FAILED
+    except DaemonUnreachable:
+        print("superctl: superd went away; no more output", file=sys.stderr)
     return EXIT_OK
 
 
