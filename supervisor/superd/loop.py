@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import selectors
 import signal
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable
 
 Callback = Callable[[], None]
+
+log = logging.getLogger("superd")
 
 
 class Timer:
@@ -103,7 +106,7 @@ class Loop:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                _contained(timer.callback, "timer")
 
     # -- signals ----------------------------------------------------------
     def add_signal(self, signum: int, callback: Callback) -> None:
@@ -125,7 +128,7 @@ class Loop:
         for signum in dict.fromkeys(received):
             callback = self._signal_callbacks.get(signum)
             if callback is not None:
-                callback()
+                _contained(callback, f"{_signal_name(signum)} handler")
 
     # -- running ----------------------------------------------------------
     def run(self) -> None:
@@ -143,10 +146,18 @@ class Loop:
         if fd == self._wake_read:
             self._drain_signals()
             return
-        if mask & selectors.EVENT_READ and fd in self._readers:
-            self._readers[fd]()
-        if mask & selectors.EVENT_WRITE and fd in self._writers:
-            self._writers[fd]()
+        if mask & selectors.EVENT_READ:
+            self._call_fd(self._readers, fd, "reader")
+        if mask & selectors.EVENT_WRITE:
+            self._call_fd(self._writers, fd, "writer")
+
+    def _call_fd(self, table: dict[int, Callback], fd: int, role: str) -> None:
+        callback = table.get(fd)
+        if callback is None or _contained(callback, f"fd {fd} {role}", "; it is dropped"):
+            return
+        if table.get(fd) is callback:  # unless its owner has already replaced it
+            del table[fd]
+            self._update(fd)
 
     def stop(self) -> None:
         self._running = False
@@ -166,6 +177,28 @@ def _claim(table: dict[int, Callback], fd: int, callback: Callback, role: str) -
     if fd in table:
         raise FdOwned(f"fd {fd} already has a {role}: {table[fd]!r}")
     table[fd] = callback
+
+
+def _contained(callback: Callback, role: str, consequence: str = "") -> bool:
+    """Run callback; log what it let escape (with the traceback) and say False."""
+    try:
+        callback()
+    except Exception:
+        log.exception("unhandled error in %s %s%s", role, _name_of(callback), consequence)
+        return False
+    return True
+
+
+def _name_of(callback: Callback) -> str:
+    # The qualified name, not repr(): no address, so repeats of one fault look alike.
+    return getattr(callback, "__qualname__", type(callback).__qualname__)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _wake_only(signum: int, frame: object) -> None:
