@@ -32,6 +32,11 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("superd")
 
+EXIT_CRASHED = 70  # EX_SOFTWARE: an internal error escaped the event loop
+# After a crash, the ordered stop gets shutdown_timeout, then this long for
+# the SIGKILLed rest to be reaped, before the daemon exits regardless.
+CRASH_GRACE = 2.0
+
 class StartupError(Exception):
     """The daemon cannot start; the message is the one line users see."""
 
@@ -158,6 +163,22 @@ class Daemon:
         log.warning("shutdown_timeout passed; killing what is left")
         self.supervisor.kill_everything()
 
+    def stop_after_crash(self) -> None:
+        """The loop died: stop every worker in order with a fresh run of it,
+        bounded in time; if the loop fails again, by signals alone."""
+        if self.shutdown_timer is not None:
+            self.shutdown_timer.cancel()
+            self.shutdown_timer = None  # a shutdown under way starts over, freshly timed
+        timeout = self.running.daemon.shutdown_timeout
+        try:
+            self.supervisor.reap()  # a SIGCHLD read just before the crash is not lost
+            self.shutdown(None)
+            self.loop.call_later(timeout + CRASH_GRACE, self.loop.stop)
+            self.loop.run()
+        except Exception:
+            log.exception("the event loop failed again; signalling every worker")
+            self.supervisor.terminate_everything(timeout)
+
     def _finish_shutdown(self) -> None:
         for callback in self.shutdown_callbacks:
             callback()
@@ -271,10 +292,20 @@ def run_daemon(config: Config, ready: Callable[[str | None], None],
     if systemd:
         daemon.report_to_systemd()
     try:
-        daemon.run()
+        return serve(daemon)
     finally:
         daemon.close()
-    return 0
+
+def serve(daemon: Daemon) -> int:
+    """Run the loop; an error that escapes it stops every worker, then exits non-zero."""
+    try:
+        daemon.run()
+    except Exception:
+        log.exception("internal error escaped the event loop; stopping every worker")
+    else:
+        return 0
+    daemon.stop_after_crash()
+    return EXIT_CRASHED
 
 def detach(config: Config) -> int:
     """Double fork; the launcher exits only once the daemon is ready (or not)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from .apply import Reconfigurer
@@ -110,6 +111,31 @@ class Supervisor:
         for instance in self.registry.everything():
             if instance.pid is not None:
                 signal_group(instance.pid, signal.SIGKILL)
+
+    def terminate_everything(self, timeout: float) -> None:
+        """Without the loop (it has failed): stopsignal to every worker's group,
+        up to timeout for them to go, then SIGKILL for the rest.
+
+        This blocks and polls, which the loop never may; it runs only once the
+        loop is beyond use and the daemon is on its way out.
+        """
+        alive = {pid: i for i in self.registry.everything() if (pid := i.pid) is not None}
+        for pid, instance in alive.items():
+            signal_group(pid, instance.config.stopsignal)
+        self._reap_until(alive, time.monotonic() + timeout)
+        for pid in alive:
+            signal_group(pid, signal.SIGKILL)
+        self._reap_until(alive, time.monotonic() + 1.0)
+
+    def _reap_until(self, alive: dict[int, Instance], deadline: float) -> None:
+        def gone(instance: Instance, wait_status: int) -> None:
+            alive.pop(instance.pid or 0, None)
+
+        while True:
+            self.registry.reap(gone)
+            if not alive or time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
 
 def _detail(instance: Instance, new: State) -> str:
