@@ -5,6 +5,7 @@ patches one method of an otherwise real daemon."""
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,29 @@ def test_error_escaping_the_loop_stops_workers_and_exits_nonzero(
     else:
         assert "the event loop failed again; signalling every worker" in stderr
     assert not Path(superd.socket).exists()
+
+
+# -- resources ------------------------------------------------------------------
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    """(soft, hard) of "Max open files" in /proc/PID/limits."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open files limit")
+
+
+def test_superd_raises_its_fd_limit_and_workers_get_the_original(superd: Superd) -> None:
+    superd.write_config({"a": {"command": ["sleep", "600"], "startsecs": 0}})
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+
+    launcher = subprocess.run([PY, "-m", "superd", "-c", str(superd.config_path)],
+                              env=superd.env, capture_output=True, text=True, timeout=20,
+                              stdin=subprocess.DEVNULL, preexec_fn=low_limit)
+    assert launcher.returncode == 0, launcher.stderr
+    worker_pid = superd.wait_state("a", "RUNNING")["pid"]
+    assert open_files_limit(superd.pid or 0) == (4096, 4096)
+    assert open_files_limit(worker_pid) == (256, 4096)

@@ -27,7 +27,7 @@ from .loop import Loop, Timer
 from .notify import SystemdNotifier, notify_ready, notify_reloading, notify_stopping
 from .reload import Plan, ReloadRefused, diff, missing_sockets, summary_lines
 from .running import RunningConfig
-from .spawn import become_subreaper
+from .spawn import become_subreaper, raise_nofile_limit
 from .supervisor import Supervisor
 
 log = logging.getLogger("superd")
@@ -43,9 +43,10 @@ class StartupError(Exception):
 
 class Daemon:
     def __init__(self, config: Config, daemon_log: str | None = None) -> None:
+        worker_nofile = raise_nofile_limit()  # before superd opens its first fd
         self.running = RunningConfig(config)
         self.loop = Loop()
-        self.supervisor = Supervisor(self.running, self.loop, daemon_log)
+        self.supervisor = Supervisor(self.running, self.loop, daemon_log, worker_nofile)
         self.commands = Commands(self.supervisor, self)
         self.pidfile_fd: int | None = None
         self.control: ControlServer | None = None

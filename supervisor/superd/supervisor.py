@@ -39,7 +39,7 @@ log = logging.getLogger("superd")
 
 class Supervisor:
     def __init__(self, running: RunningConfig, loop: Loop,
-                 daemon_log: str | None = None) -> None:
+                 daemon_log: str | None = None, worker_nofile: int | None = None) -> None:
         self.running = running
         self.loop = loop
         self.bus = EventBus()
@@ -49,7 +49,8 @@ class Supervisor:
         self.sockets = Listeners()
         self.notify_server: NotifyServer | None = None
         self.logs = Logs(running, loop, self._log_failed, daemon_log)
-        self.launcher = Launcher(self.logs, self.sockets, self._notify_address)
+        self.launcher = Launcher(self.logs, self.sockets, self._notify_address,
+                                 worker_nofile)
         self.status = StatusReport(self.registry, self.logs)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
                                          self.new_instance)
