@@ -5,9 +5,12 @@ patches one method of an otherwise real daemon."""
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,44 @@ def test_superd_raises_its_fd_limit_and_workers_get_the_original(superd: Superd)
     worker_pid = superd.wait_state("a", "RUNNING")["pid"]
     assert open_files_limit(superd.pid or 0) == (4096, 4096)
     assert open_files_limit(worker_pid) == (256, 4096)
+
+
+def first_free_fd(pid: int, also_free: set[str]) -> int:
+    """The lowest fd number the process could get, counting also_free as closed."""
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}") not in also_free}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def test_out_of_fds_waits_in_backoff_without_giving_up(superd: Superd) -> None:
+    superd.start({"a": {"command": ["sleep", "600"], "startsecs": 0, "startretries": 1,
+                        "autorestart": "always",
+                        "backoff": {"initial": "20ms", "max": "100ms"}}})
+    daemon = superd.pid or 0
+    pid = superd.wait_state("a", "RUNNING")["pid"]
+    client = superd.client()  # accepted now (the ping says so): later it would need an fd
+    assert client.result("ping")["pid"] == daemon
+    pipes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (1, 2)}
+    # No fd number below the limit is free once the worker's pipes are closed.
+    limit = first_free_fd(daemon, pipes)
+    # The soft limit only: raising a lowered hard limit again needs CAP_SYS_RESOURCE.
+    saved = resource.prlimit(daemon, resource.RLIMIT_NOFILE)
+    resource.prlimit(daemon, resource.RLIMIT_NOFILE, (limit, saved[1]))
+    try:
+        os.kill(pid, signal.SIGKILL)  # RUNNING -> EXITED -> restart, which needs pipes
+        row = wait_for(lambda: (r := client.result("status", {"names": ["a"]})[0])
+                       ["state"] == "BACKOFF" and r, what="BACKOFF")
+        assert row["description"] == "cannot start: Too many open files (EMFILE); retrying"
+        began = time.monotonic()
+        while time.monotonic() - began < 2.0:  # 20+ tries at 100 ms, startretries is 1
+            row = client.result("status", {"names": ["a"]})[0]
+            assert row["state"] == "BACKOFF" and "EMFILE" in row["description"], row
+            time.sleep(0.05)
+    finally:
+        resource.prlimit(daemon, resource.RLIMIT_NOFILE, saved)
+    row = wait_for(lambda: (r := client.result("status", {"names": ["a"]})[0])
+                   ["state"] == "RUNNING" and r, what="RUNNING again")
+    assert row["description"] == "" and row["pid"] != pid and row["restarts"] == 1
+    client.close()
+    text = (superd.folder / "log" / "superd.log").read_text()
+    assert "a: EXITED -> BACKOFF (cannot start: Too many open files (EMFILE); retrying)" in text

@@ -142,6 +142,8 @@ class Supervisor:
 def _detail(instance: Instance, new: State) -> str:
     if new in (State.STARTING, State.RUNNING) and instance.pid is not None:
         return f" (pid {instance.pid})"
+    if new is State.BACKOFF and instance.shortage is not None:
+        return f" ({instance.shortage})"
     if new in (State.EXITED, State.BACKOFF, State.FATAL):
         return f" ({describe_exit(instance.exit_status)})"
     return ""
