@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import math
 import os
 import random
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from superd.config import BackoffConfig, WorkerConfig, load
+from superd.config import BackoffConfig, ReadyConfig, WorkerConfig, load
 from superd.states import ALLOWED, TRANSITIONS, Event, State
 from superd.status import status_row
 from superd.worker import Instance, backoff_delay
@@ -257,3 +258,34 @@ def test_other_spawn_errors_are_failed_starts(tmp_path: Path, code: int | None) 
     runtime.spawn_error = OSError("no") if code is None else os_error(code)
     instance.handle(Event.START)
     assert instance.state is State.FATAL and instance.shortage is None
+
+
+@pytest.mark.parametrize("ready", [ReadyConfig("notify"), ReadyConfig("tcp", 8080)])
+def test_start_timeout_not_startsecs_bounds_readiness(tmp_path: Path, ready: ReadyConfig) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(tmp_path, ready=ready, startsecs=1.0, start_timeout=5.0)
+    instance = Instance(worker, 0, runtime)
+    instance.handle(Event.START)
+    [timer] = runtime.timers
+    assert timer.delay == 5.0  # startsecs (1 s) plays no part
+    instance.handle(Event.UP)
+    assert instance.state is State.RUNNING and timer.cancelled
+
+
+def test_start_timeout_zero_waits_for_ever(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(tmp_path, ready=ReadyConfig("notify"), start_timeout=0.0)
+    instance = Instance(worker, 0, runtime)
+    instance.handle(Event.START)
+    assert instance.state is State.STARTING and runtime.timers == []
+
+
+def test_startretries_forever_never_gives_up(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startretries=math.inf), 0, runtime)
+    instance.handle(Event.START)
+    for _ in range(200):
+        instance.died(EXIT_1)
+        assert instance.state is State.BACKOFF
+        runtime.fire()
+    assert instance.failures == 200 and instance.state is State.STARTING

@@ -151,10 +151,51 @@ def test_notify_worker_with_real_systemd_notify(superd: Superd) -> None:
 
 def test_notify_worker_that_never_notifies_goes_to_backoff(superd: Superd) -> None:
     superd.start({"n": {"command": ["sleep", "600"], "ready": "notify",
-                        "startsecs": "300ms", "startretries": 1}})
+                        "start_timeout": "300ms", "startretries": 1}})
     wait_for(lambda: superd.status("n")["state"] in ("BACKOFF", "FATAL"), what="backoff")
     row = superd.wait_state("n", "FATAL")
     assert row["exit_status"] == -signal.SIGKILL
+
+
+# Sends READY=1 to $NOTIFY_SOCKET as systemd-notify would, with credentials.
+PY_NOTIFY = ("import os, socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+             "a = os.environ['NOTIFY_SOCKET']; "
+             "s.sendto(b'READY=1', '\\0' + a[1:] if a.startswith('@') else a)")
+
+
+def test_notify_worker_slower_than_startsecs_gets_running(superd: Superd) -> None:
+    notifier = shutil.which("systemd-notify")
+    ready = f"{notifier} --ready" if notifier else f"{PY} -c \"{PY_NOTIFY}\""
+    script = f"sleep 2; {ready}; exec sleep 600"
+    superd.start({"n": {"command": ["sh", "-c", script], "ready": "notify"}})  # startsecs 1s
+    first = superd.status("n")
+    row = superd.wait_state("n", "RUNNING")
+    assert row["pid"] == first["pid"] and row["restarts"] == 0  # never cut short
+    assert row["uptime"] >= 2.0
+
+
+def test_tcp_worker_that_never_listens_fails_at_start_timeout(superd: Superd) -> None:
+    port = free_port()
+    superd.start({"t": {"command": ["sleep", "600"], "ready": {"tcp": port},
+                        "start_timeout": "1s", "startretries": 1,
+                        "backoff": {"initial": "10ms", "max": "20ms"}}})
+    began = time.monotonic()
+    row = superd.wait_state("t", "FATAL")
+    assert time.monotonic() - began >= 1.5  # two tries of 1 s each
+    assert row["exit_status"] == -signal.SIGKILL and row["restarts"] == 1
+
+
+def test_startretries_forever_keeps_trying(superd: Superd) -> None:
+    tries = superd.folder / "tries"
+    command = ["sh", "-c", f"echo x >> {tries}; exit 1"]
+    superd.start({"a": {"command": command, "startretries": "forever",
+                        "backoff": {"initial": "10ms", "max": "20ms"}}})
+
+    def many_tries() -> bool:
+        assert superd.status("a")["state"] in ("STARTING", "BACKOFF")  # never FATAL
+        return tries.exists() and len(tries.read_text().split()) >= 30
+
+    wait_for(many_tries, what="30 tries")
 
 
 def test_datagram_from_unknown_pid_is_ignored(superd: Superd) -> None:

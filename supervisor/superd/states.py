@@ -27,7 +27,7 @@ class Event(str, Enum):
     DIED = "died"  # the worker's main process was reaped
     RETRY = "retry"  # the backoff delay elapsed
     KILL = "kill"  # stoptimeout elapsed while stopping
-    TIMEOUT = "timeout"  # startsecs elapsed without a readiness report
+    TIMEOUT = "timeout"  # start_timeout elapsed without a readiness report
     # superd could not spawn for lack of its own resources (fds, processes,
     # memory): not the worker's failure, so it is not counted as one.
     NO_RESOURCES = "no_resources"

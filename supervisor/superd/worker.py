@@ -138,7 +138,7 @@ class Instance:
         self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
 
     def _start_timed_out(self) -> None:
-        # No readiness report within startsecs: end this try; the death that
+        # No readiness report within start_timeout: end this try; the death that
         # follows is an ordinary failed start (BACKOFF, then FATAL).
         self._timer = None
         if self.pid is not None:
@@ -203,9 +203,10 @@ class Instance:
         self.started_at = time.monotonic()
         self._enter(State.STARTING)
         if self.config.ready.kind != "none":
-            if self.config.startsecs > 0:
+            # Readiness alone decides; startsecs plays no part.
+            if self.config.start_timeout > 0:
                 self._timer = self.runtime.call_later(
-                    self.config.startsecs, lambda: self.handle(Event.TIMEOUT)
+                    self.config.start_timeout, lambda: self.handle(Event.TIMEOUT)
                 )
         elif self.config.startsecs <= 0:
             self._mark_running()
