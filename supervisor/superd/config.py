@@ -539,7 +539,7 @@ def _worker(
         autorestart=fields.value("autorestart", _choice(AUTORESTART_CHOICES), "always"),
         exitcodes=fields.node("exitcodes", _exit_codes, (0,)),
         startsecs=fields.value("startsecs", parse_duration, 1.0),
-        startretries=fields.value("startretries", _retries, 5),
+        startretries=fields.value("startretries", _retries, 5.0),
         backoff=fields.node("backoff", _backoff, DEFAULT_BACKOFF),
         stopsignal=fields.value("stopsignal", parse_signal, int(signal.SIGTERM)),
         stoptimeout=fields.value("stoptimeout", parse_duration, 10.0),
