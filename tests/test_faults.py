@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from support import Superd, alive, wait_for
+from superd.protocol import Kind
+from support import Client, Superd, alive, wait_for
 
 PY = sys.executable
 
@@ -145,3 +147,65 @@ def test_out_of_fds_waits_in_backoff_without_giving_up(superd: Superd) -> None:
     client.close()
     text = (superd.folder / "log" / "superd.log").read_text()
     assert "a: EXITED -> BACKOFF (cannot start: Too many open files (EMFILE); retrying)" in text
+    # 20 and more failed tries, but the daemon's log says so about once a second.
+    tries = [line for line in text.splitlines() if "a: cannot start:" in line]
+    assert 2 <= len(tries) <= 6, tries
+    assert "Too many open files (repeated" in tries[1] and " times in the last 1." in tries[1]
+
+
+# -- logs that cannot be written ---------------------------------------------------
+
+def next_event(client: Client, kind: str) -> dict[str, Any]:
+    """The first pushed event of this kind (the client's timeout bounds the wait)."""
+    while True:
+        message = client.receive()
+        assert message is not None, "daemon closed the event stream"
+        if message[0] is Kind.EVENT and message[1]["event"] == kind:
+            return message[1]
+
+
+def test_full_disk_under_a_worker_log_is_a_log_error_event(superd: Superd) -> None:
+    small = superd.folder / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = small / "filler.out.log"
+        superd.start({"filler": {"command": ["yes", "full"], "autostart": False,
+                                 "startsecs": 0,
+                                 "stdout": {"file": str(out), "maxbytes": 0}}})
+        events = superd.client()
+        assert events.result("subscribe") == {}
+        superd.call("start", {"names": ["filler"]})  # it floods the small disk
+        error = next_event(events, "log_error")
+        assert error["name"] == "filler" and error["path"] == str(out)
+        assert error["message"] == "No space left on device"
+        events.close()
+        superd.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_daemon_log_that_cannot_be_written_is_a_log_error_event(superd: Superd) -> None:
+    superd.start({"a": {"command": ["sleep", "600"], "startsecs": 0}})
+    superd.wait_state("a", "RUNNING")
+    daemon_log = superd.folder / "log" / "superd.log"
+    events = superd.client()
+    assert events.result("subscribe") == {}
+    daemon = superd.pid or 0
+    limits = resource.prlimit(daemon, resource.RLIMIT_FSIZE)
+    # A 1-byte file size limit: every write to the (longer) daemon log fails, EFBIG.
+    resource.prlimit(daemon, resource.RLIMIT_FSIZE, (1, limits[1]))
+    try:
+        superd.call("reopen")  # which logs a line
+        error = next_event(events, "log_error")
+    finally:
+        resource.prlimit(daemon, resource.RLIMIT_FSIZE, limits)
+    assert error["name"] is None and error["path"] == str(daemon_log)
+    assert error["message"] == "File too large"
+    superd.call("reopen")
+    wait_for(lambda: "writing this log again (lines lost: 1)" in daemon_log.read_text(),
+             what="the recovery note")
+    events.close()

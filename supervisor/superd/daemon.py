@@ -21,6 +21,7 @@ from . import __version__
 from .commands import Commands
 from .config import Config, ConfigError, find_path, load
 from .control import ControlServer
+from .daemonlog import DaemonLog, install
 from .events import reload_event
 from .listen import ListenError
 from .loop import Loop, Timer
@@ -280,22 +281,30 @@ def _not_yet(signum: int) -> Callable[[], None]:
 
 # -- running ----------------------------------------------------------------
 def run_daemon(config: Config, ready: Callable[[str | None], None],
-               systemd: bool = False, daemon_log: str | None = None) -> int:
+               systemd: bool = False, daemon_log: str | None = None,
+               own_log: DaemonLog | None = None) -> int:
     """Start, report readiness (None) or the reason for failing, then serve."""
     daemon = Daemon(config, daemon_log)
+    if own_log is not None:
+        own_log.attach(daemon.loop.call_later, daemon.supervisor.bus.publish)
+    try:
+        return _start_and_serve(daemon, ready, systemd)
+    finally:
+        if own_log is not None:
+            own_log.detach()
+        daemon.close()
+
+def _start_and_serve(daemon: Daemon, ready: Callable[[str | None], None],
+                     systemd: bool) -> int:
     try:
         daemon.start()
     except StartupError as exc:
         ready(str(exc))
-        daemon.close()
         return 1
     ready(None)
     if systemd:
         daemon.report_to_systemd()
-    try:
-        return serve(daemon)
-    finally:
-        daemon.close()
+    return serve(daemon)
 
 def serve(daemon: Daemon) -> int:
     """Run the loop; an error that escapes it stops every worker, then exits non-zero."""
@@ -320,7 +329,7 @@ def detach(config: Config) -> int:
         os._exit(0)
     os.chdir("/")
     _redirect_stdio(config.daemon.log_file)
-    setup_logging(timestamps=True)
+    own_log = setup_logging(timestamps=True, path=config.daemon.log_file)
 
     def ready(error: str | None) -> None:
         os.write(write_end, b"ok\n" if error is None else f"error {error}\n".encode())
@@ -328,7 +337,7 @@ def detach(config: Config) -> int:
 
     code = 1
     try:
-        code = run_daemon(config, ready, daemon_log=config.daemon.log_file)
+        code = run_daemon(config, ready, daemon_log=config.daemon.log_file, own_log=own_log)
     except BaseException:
         log.exception("superd crashed")
     finally:
@@ -365,16 +374,16 @@ def _redirect_stdio(log_file: str) -> None:
     os.dup2(out, 2)
     os.close(out)
 
-def setup_logging(timestamps: bool) -> None:
+def setup_logging(timestamps: bool, path: str = "stderr") -> DaemonLog:
+    """The daemon's own log on fd 2 (path: what that is, for log_error events)."""
     fmt = "%(asctime)s %(levelname)s %(message)s" if timestamps else "%(levelname)s %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    log.addHandler(handler)
+    own_log = install(log, 2, path, fmt)
     log.setLevel(logging.INFO)
     log.propagate = False
+    return own_log
 
 def run_foreground(config: Config) -> int:
-    setup_logging(timestamps="JOURNAL_STREAM" not in os.environ)
+    own_log = setup_logging(timestamps="JOURNAL_STREAM" not in os.environ)
 
     def ready(error: str | None) -> None:
         if error is None:
@@ -382,7 +391,7 @@ def run_foreground(config: Config) -> int:
         else:
             print(f"superd: {error}", file=sys.stderr)
 
-    return run_daemon(config, ready, systemd="NOTIFY_SOCKET" in os.environ)
+    return run_daemon(config, ready, systemd="NOTIFY_SOCKET" in os.environ, own_log=own_log)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="superd", description="superd process supervisor")

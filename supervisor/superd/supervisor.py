@@ -73,7 +73,7 @@ class Supervisor:
         return self.loop.call_later(delay, callback)
 
     def transition(self, instance: Instance, old: State, new: State) -> None:
-        log.info("%s: %s -> %s%s", instance.name, old.value, new.value, _detail(instance, new))
+        _log_transition(instance, old, new)
         self.bus.publish(state_event(instance.name, old.value, new.value, instance.pid,
                                      instance.exit_status))
         ready = instance.config.ready
@@ -139,9 +139,16 @@ class Supervisor:
             time.sleep(0.05)
 
 
-def _detail(instance: Instance, new: State) -> str:
+def _log_transition(instance: Instance, old: State, new: State) -> None:
+    # The pid is an argument of its own, not part of a string: the daemon's
+    # log takes numbers as what varies between repeats of one cause.
     if new in (State.STARTING, State.RUNNING) and instance.pid is not None:
-        return f" (pid {instance.pid})"
+        log.info("%s: %s -> %s (pid %d)", instance.name, old.value, new.value, instance.pid)
+        return
+    log.info("%s: %s -> %s%s", instance.name, old.value, new.value, _detail(instance, new))
+
+
+def _detail(instance: Instance, new: State) -> str:
     if new is State.BACKOFF and instance.shortage is not None:
         return f" ({instance.shortage})"
     if new in (State.EXITED, State.BACKOFF, State.FATAL):
