@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -71,35 +72,80 @@ def test_a_raising_signal_callback_is_logged_and_kept(
     assert "SIGUSR1 handler" in superd_log.records[0].getMessage()
 
 
-def test_a_raising_reader_is_dropped_not_spun(
-        loop: Loop, superd_log: pytest.LogCaptureFixture) -> None:
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    other_read, other_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    calls: list[int] = []
+@pytest.fixture
+def pipes() -> Iterator[list[tuple[int, int]]]:
+    made: list[tuple[int, int]] = []
+    yield made
+    for read_end, write_end in made:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def pipe(pipes: list[tuple[int, int]], data: bytes = b"") -> tuple[int, int]:
+    ends = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    pipes.append(ends)
+    if data:
+        os.write(ends[1], data)
+    return ends
+
+
+def test_a_raising_reader_is_paused_not_spun(
+        loop: Loop, superd_log: pytest.LogCaptureFixture, pipes: list[tuple[int, int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("superd.loop.FD_PAUSE", 0.2)
+    read_end, _ = pipe(pipes, b"x")
+    other_read, _ = pipe(pipes, b"y")
+    calls: list[float] = []
     served: list[bytes] = []
 
     def broken() -> None:
-        calls.append(1)
+        calls.append(time.monotonic())
         raise RuntimeError("reader broke")  # never consumes: level-triggered, ready forever
 
-    try:
-        loop.add_reader(read_end, broken)
-        loop.add_reader(other_read, lambda: served.append(os.read(other_read, 10)))
-        os.write(write_end, b"x")
-        os.write(other_write, b"y")
-        loop.call_later(0.1, loop.stop)
-        loop.run()
-        assert calls == [1]  # once, then dropped: no busy loop, no log flood
-        assert not loop.has_reader(read_end)
-        assert served == [b"y"]  # the other fd is served as before
-        [record] = superd_log.records
-        assert f"fd {read_end} reader" in record.getMessage()
-        assert "dropped" in record.getMessage()
-        loop.add_reader(read_end, lambda: None)  # its owner may register it again
-        loop.remove_reader(read_end)
-    finally:
-        for fd in (read_end, write_end, other_read, other_write):
-            os.close(fd)
+    loop.add_reader(read_end, broken)
+    loop.add_reader(other_read, lambda: served.append(os.read(other_read, 10)))
+    loop.call_later(0.1, lambda: calls.append(-1.0))  # a marker: where 0.1 s is
+    loop.call_later(0.3, loop.stop)
+    stop_within(loop)
+    loop.run()
+    # Once, then paused (no busy loop, no log flood), then called again after the pause.
+    assert len(calls) == 3 and calls[1] == -1.0 and calls[2] - calls[0] >= 0.2
+    assert served == [b"y"]  # the other fd is served as before
+    assert len(superd_log.records) == 2
+    message = superd_log.records[0].getMessage()
+    assert f"fd {read_end} reader" in message and "broken" in message
+    assert "paused for 0.2s" in message
+    loop.remove_reader(read_end)
+
+
+def test_the_owner_ends_or_replaces_a_paused_registration(
+        loop: Loop, superd_log: pytest.LogCaptureFixture, pipes: list[tuple[int, int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("superd.loop.FD_PAUSE", 0.05)
+    removed, _ = pipe(pipes, b"x")
+    replaced, _ = pipe(pipes, b"x")
+    calls: list[str] = []
+
+    def broken(name: str) -> Callable[[], None]:
+        def callback() -> None:
+            calls.append(name)
+            raise RuntimeError(name)
+        return callback
+
+    def working() -> None:
+        calls.append("new")
+        os.read(replaced, 1)
+
+    loop.add_reader(removed, broken("removed"))
+    loop.add_reader(replaced, broken("replaced"))
+    loop.call_later(0.01, lambda: loop.remove_reader(removed))
+    loop.call_later(0.01, lambda: loop.add_reader(replaced, working))
+    loop.call_later(0.2, loop.stop)
+    stop_within(loop)
+    loop.run()
+    assert sorted(calls) == ["new", "removed", "replaced"]  # neither old one came back
+    assert not loop.has_reader(removed) and loop.has_reader(replaced)
+    loop.remove_reader(replaced)
 
 
 def test_a_raising_writer_keeps_the_fds_reader(
