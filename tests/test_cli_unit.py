@@ -165,6 +165,10 @@ def test_exit_note_prefers_description_and_skips_running() -> None:
     assert cli.exit_note({"state": "FATAL", "exit_status": 2, "description": "bad"}) == "bad"
     assert cli.exit_note({"state": "RUNNING", "exit_status": 1, "description": ""}) == ""
     assert cli.exit_note({"state": "STOPPED", "exit_status": None}) == ""
+    shortage = "cannot start: Too many open files (EMFILE); retrying"
+    # A first start that superd cannot make: no exit yet, the cause still shows.
+    assert cli.exit_note({"state": "BACKOFF", "exit_status": None,
+                          "description": shortage}) == shortage
 
 
 def test_colour_keeps_alignment() -> None:

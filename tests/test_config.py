@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import textwrap
@@ -403,6 +404,10 @@ def test_every_error_is_reported_at_once_in_line_order(tmp_path: Path) -> None:
      ("stopsignal: NOPE", "unknown signal: 'NOPE'"),
      ("user: no-such-user-for-superd-tests", "no such user: 'no-such-user-for-superd-tests'"),
      ("ready: sometimes", "expected none, notify or {tcp: PORT}, got 'sometimes'"),
+     ("startretries: sometimes", "expected a number of retries or forever, got 'sometimes'"),
+     ("startretries: -1", "must be at least 0, got -1"),
+     ("startretries: true", "expected a number of retries or forever, got true"),
+     ("start_timeout: -1", "duration must not be negative, got -1"),
      ("stdout: 5", "expected a mapping, got 5"),
      ("sockets: [nope]", "unknown socket 'nope'"),
      ("depends_on: [ghost]", "unknown worker 'ghost'")],
@@ -761,3 +766,11 @@ def test_merged_keys_are_checked_where_they_are_used(tmp_path: Path) -> None:
         (2, "workers.b.bogus"),
         (3, "workers.b.command"),
     ]
+
+
+def test_startretries_forever_and_start_timeout(tmp_path: Path) -> None:
+    default = load_text(tmp_path, "workers:\n  web: {command: x}\n").workers["web"]
+    assert default.start_timeout == 90.0
+    text = "workers:\n  web: {command: x, startretries: forever, start_timeout: 500ms}\n"
+    web = load_text(tmp_path, text).workers["web"]
+    assert web.startretries == math.inf and web.start_timeout == 0.5

@@ -84,3 +84,9 @@ def test_sampler_on_a_real_process_group() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_an_unlistable_proc_gives_no_figures_not_an_error(tmp_path: Path) -> None:
+    # As when superd is out of fds (EMFILE): status still answers, without figures.
+    assert scan_groups({123}, str(tmp_path / "absent")) == {123: []}
+    assert ResourceSampler(str(tmp_path / "absent")).measure({"a": 123}) == {"a": (None, None)}

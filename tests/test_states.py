@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import math
+import os
 import random
 import signal
 from collections.abc import Callable
@@ -11,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from superd.config import WorkerConfig, load
+from superd.config import BackoffConfig, ReadyConfig, WorkerConfig, load
 from superd.states import ALLOWED, TRANSITIONS, Event, State
+from superd.status import status_row
 from superd.worker import Instance, backoff_delay
 
 
@@ -33,10 +37,13 @@ class FakeRuntime:
         self.timers: list[FakeTimer] = []
         self.moves: list[tuple[State, State]] = []
         self.fail_spawn = False
+        self.spawn_error: OSError | None = None
 
     def spawn(self, instance: Instance) -> int:
         if self.fail_spawn:
             raise OSError("no fork for you")
+        if self.spawn_error is not None:
+            raise self.spawn_error
         return next(self.pids)
 
     def killpg(self, pgid: int, signum: int) -> None:
@@ -169,3 +176,116 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     assert max(delays) <= 1.0
     assert delays[3] > 0.4  # 0.8 nominal, at least half of it
     assert len(set(delays[5:])) > 1  # capped ones still spread out
+
+
+def os_error(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+EMFILE_CAUSE = "cannot start: Too many open files (EMFILE); retrying"
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM])
+def test_lack_of_resources_waits_in_backoff_and_counts_no_try(tmp_path: Path, code: int) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(tmp_path, startsecs=0.0, startretries=1,
+                         backoff=BackoffConfig(initial=0.1, max=0.4))
+    instance = Instance(worker, 0, runtime)
+    runtime.spawn_error = os_error(code)
+    instance.handle(Event.START)
+    assert instance.state is State.BACKOFF and instance.pid is None
+    assert instance.shortage == (f"cannot start: {os.strerror(code)} "
+                                 f"({errno.errorcode[code]}); retrying")
+    delays = [runtime.fire().delay for _ in range(10)]  # far more than startretries
+    assert instance.state is State.BACKOFF and instance.failures == 0
+    assert max(delays) <= 0.4 and delays[-1] > 0.1  # grows, capped
+    assert runtime.moves == [(State.STOPPED, State.BACKOFF)]  # stays: one move only
+    runtime.spawn_error = None
+    runtime.fire()
+    assert instance.state is State.RUNNING and instance.shortage is None
+    assert instance.restarts == 0  # a user's start that waited, not a restart
+
+
+def test_a_shortage_on_restart_is_one_restart_and_shown_in_status(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startsecs=0.0, startretries=0), 0, runtime)
+    instance.handle(Event.START)
+    runtime.spawn_error = os_error(errno.EMFILE)
+    instance.died(EXIT_1)  # RUNNING -> EXITED -> autorestart, which cannot spawn
+    assert instance.state is State.BACKOFF and instance.restarts == 1
+    assert status_row(instance)["description"] == EMFILE_CAUSE
+    for _ in range(5):
+        runtime.fire()
+    assert instance.state is State.BACKOFF and instance.restarts == 1
+    runtime.spawn_error = None
+    runtime.fire()
+    assert instance.state is State.RUNNING and instance.restarts == 1
+    assert status_row(instance)["description"] == ""
+
+
+def test_a_shortage_after_real_failures_does_not_count_either(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startretries=1), 0, runtime)
+    instance.handle(Event.START)
+    instance.died(EXIT_1)  # a real failed start: 1 of the 2 tries
+    assert instance.state is State.BACKOFF and instance.failures == 1
+    runtime.spawn_error = os_error(errno.EAGAIN)
+    for _ in range(5):
+        runtime.fire()
+    assert instance.state is State.BACKOFF and instance.failures == 1
+    runtime.spawn_error = None
+    runtime.fire()
+    assert instance.state is State.STARTING
+    instance.died(EXIT_1)  # the second real failure: now FATAL
+    assert instance.state is State.FATAL
+    assert status_row(instance)["description"] == "exit 1"
+
+
+def test_stop_while_short_of_resources(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path), 0, runtime)
+    runtime.spawn_error = os_error(errno.ENFILE)
+    instance.handle(Event.START)
+    instance.handle(Event.STOP)
+    assert instance.state is State.STOPPED and instance.shortage is None
+    assert all(timer.cancelled for timer in runtime.timers)
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOENT, None])
+def test_other_spawn_errors_are_failed_starts(tmp_path: Path, code: int | None) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startretries=0), 0, runtime)
+    runtime.spawn_error = OSError("no") if code is None else os_error(code)
+    instance.handle(Event.START)
+    assert instance.state is State.FATAL and instance.shortage is None
+
+
+@pytest.mark.parametrize("ready", [ReadyConfig("notify"), ReadyConfig("tcp", 8080)])
+def test_start_timeout_not_startsecs_bounds_readiness(tmp_path: Path, ready: ReadyConfig) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(tmp_path, ready=ready, startsecs=1.0, start_timeout=5.0)
+    instance = Instance(worker, 0, runtime)
+    instance.handle(Event.START)
+    [timer] = runtime.timers
+    assert timer.delay == 5.0  # startsecs (1 s) plays no part
+    instance.handle(Event.UP)
+    assert instance.state is State.RUNNING and timer.cancelled
+
+
+def test_start_timeout_zero_waits_for_ever(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    worker = make_worker(tmp_path, ready=ReadyConfig("notify"), start_timeout=0.0)
+    instance = Instance(worker, 0, runtime)
+    instance.handle(Event.START)
+    assert instance.state is State.STARTING and runtime.timers == []
+
+
+def test_startretries_forever_never_gives_up(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startretries=math.inf), 0, runtime)
+    instance.handle(Event.START)
+    for _ in range(200):
+        instance.died(EXIT_1)
+        assert instance.state is State.BACKOFF
+        runtime.fire()
+    assert instance.failures == 200 and instance.state is State.STARTING

@@ -86,9 +86,13 @@ def format_cpu(percent: float | None) -> str:
 
 
 def exit_note(row: Row) -> str:
-    if row.get("state") == "RUNNING" or row.get("exit_status") is None:
+    """Why it is not running: the daemon's description (a resource superd lacks,
+    the last exit), else the last exit in words."""
+    if row.get("state") == "RUNNING":
         return ""
-    return str(row.get("description") or describe_exit(int(row["exit_status"])))
+    if row.get("description"):
+        return str(row["description"])
+    return "" if row.get("exit_status") is None else describe_exit(int(row["exit_status"]))
 
 
 def paint_state(state: str, colour: bool) -> str:

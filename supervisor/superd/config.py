@@ -81,11 +81,12 @@ class WorkerConfig:
     autorestart: str  # "always" | "on-failure" | "never"
     exitcodes: tuple[int, ...]
     startsecs: float
-    startretries: int
+    startretries: float  # retries after the first try; math.inf: `forever`
     backoff: BackoffConfig
     stopsignal: int
     stoptimeout: float
     ready: ReadyConfig
+    start_timeout: float  # the longest wait for readiness (with ready:); 0: no limit
     sockets: tuple[str, ...]
     depends_on: tuple[str, ...]
     stdout: LogConfig
@@ -538,11 +539,12 @@ def _worker(
         autorestart=fields.value("autorestart", _choice(AUTORESTART_CHOICES), "always"),
         exitcodes=fields.node("exitcodes", _exit_codes, (0,)),
         startsecs=fields.value("startsecs", parse_duration, 1.0),
-        startretries=fields.value("startretries", _integer(minimum=0), 5),
+        startretries=fields.value("startretries", _retries, 5.0),
         backoff=fields.node("backoff", _backoff, DEFAULT_BACKOFF),
         stopsignal=fields.value("stopsignal", parse_signal, int(signal.SIGTERM)),
         stoptimeout=fields.value("stoptimeout", parse_duration, 10.0),
         ready=fields.node("ready", _ready, DEFAULT_READY),
+        start_timeout=fields.value("start_timeout", parse_duration, 90.0),
         sockets=fields.node("sockets", _names_in(socket_names, "socket"), ()),
         depends_on=fields.node("depends_on", _names_in(worker_names, "worker"), ()),
         stdout=fields.node("stdout", _log(STDOUT_KEYS), DEFAULT_LOG),
@@ -675,6 +677,17 @@ def _integer(
         return value
 
     return integer
+
+
+def _retries(value: object) -> float:
+    """A number of retries, or `forever` (math.inf: never give up)."""
+    if value == "forever":
+        return math.inf
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected a number of retries or forever, got {_describe(value)}")
+    if value < 0:
+        raise ValueError(f"must be at least 0, got {value}")
+    return value
 
 
 def _boolean(value: object) -> bool:

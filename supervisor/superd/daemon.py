@@ -21,16 +21,22 @@ from . import __version__
 from .commands import Commands
 from .config import Config, ConfigError, find_path, load
 from .control import ControlServer
+from .daemonlog import DaemonLog, install
 from .events import reload_event
 from .listen import ListenError
 from .loop import Loop, Timer
 from .notify import SystemdNotifier, notify_ready, notify_reloading, notify_stopping
 from .reload import Plan, ReloadRefused, diff, missing_sockets, summary_lines
 from .running import RunningConfig
-from .spawn import become_subreaper
+from .spawn import become_subreaper, raise_nofile_limit
 from .supervisor import Supervisor
 
 log = logging.getLogger("superd")
+
+EXIT_CRASHED = 70  # EX_SOFTWARE: an internal error escaped the event loop
+# After a crash, the ordered stop gets shutdown_timeout, then this long for
+# the SIGKILLed rest to be reaped, before the daemon exits regardless.
+CRASH_GRACE = 2.0
 
 class StartupError(Exception):
     """The daemon cannot start; the message is the one line users see."""
@@ -38,9 +44,10 @@ class StartupError(Exception):
 
 class Daemon:
     def __init__(self, config: Config, daemon_log: str | None = None) -> None:
+        worker_nofile = raise_nofile_limit()  # before superd opens its first fd
         self.running = RunningConfig(config)
         self.loop = Loop()
-        self.supervisor = Supervisor(self.running, self.loop, daemon_log)
+        self.supervisor = Supervisor(self.running, self.loop, daemon_log, worker_nofile)
         self.commands = Commands(self.supervisor, self)
         self.pidfile_fd: int | None = None
         self.control: ControlServer | None = None
@@ -160,6 +167,22 @@ class Daemon:
         log.warning("shutdown_timeout passed; killing what is left")
         self.supervisor.kill_everything()
 
+    def stop_after_crash(self) -> None:
+        """The loop died: stop every worker in order with a fresh run of it,
+        bounded in time; if the loop fails again, by signals alone."""
+        if self.shutdown_timer is not None:
+            self.shutdown_timer.cancel()
+            self.shutdown_timer = None  # a shutdown under way starts over, freshly timed
+        timeout = self.running.daemon.shutdown_timeout
+        try:
+            self.supervisor.reap()  # a SIGCHLD read just before the crash is not lost
+            self.shutdown(None)
+            self.loop.call_later(timeout + CRASH_GRACE, self.loop.stop)
+            self.loop.run()
+        except Exception:
+            log.exception("the event loop failed again; signalling every worker")
+            self.supervisor.terminate_everything(timeout)
+
     def _finish_shutdown(self) -> None:
         for callback in self.shutdown_callbacks:
             callback()
@@ -260,23 +283,41 @@ def _not_yet(signum: int) -> Callable[[], None]:
 
 # -- running ----------------------------------------------------------------
 def run_daemon(config: Config, ready: Callable[[str | None], None],
-               systemd: bool = False, daemon_log: str | None = None) -> int:
+               systemd: bool = False, daemon_log: str | None = None,
+               own_log: DaemonLog | None = None) -> int:
     """Start, report readiness (None) or the reason for failing, then serve."""
     daemon = Daemon(config, daemon_log)
+    if own_log is not None:
+        own_log.attach(daemon.loop.call_later, daemon.supervisor.bus.publish)
+    try:
+        return _start_and_serve(daemon, ready, systemd)
+    finally:
+        if own_log is not None:
+            own_log.detach()
+        daemon.close()
+
+def _start_and_serve(daemon: Daemon, ready: Callable[[str | None], None],
+                     systemd: bool) -> int:
     try:
         daemon.start()
     except StartupError as exc:
         ready(str(exc))
-        daemon.close()
         return 1
     ready(None)
     if systemd:
         daemon.report_to_systemd()
+    return serve(daemon)
+
+def serve(daemon: Daemon) -> int:
+    """Run the loop; an error that escapes it stops every worker, then exits non-zero."""
     try:
         daemon.run()
-    finally:
-        daemon.close()
-    return 0
+    except Exception:
+        log.exception("internal error escaped the event loop; stopping every worker")
+    else:
+        return 0
+    daemon.stop_after_crash()
+    return EXIT_CRASHED
 
 def detach(config: Config) -> int:
     """Double fork; the launcher exits only once the daemon is ready (or not)."""
@@ -290,7 +331,7 @@ def detach(config: Config) -> int:
         os._exit(0)
     os.chdir("/")
     _redirect_stdio(config.daemon.log_file)
-    setup_logging(timestamps=True)
+    own_log = setup_logging(timestamps=True, path=config.daemon.log_file)
 
     def ready(error: str | None) -> None:
         os.write(write_end, b"ok\n" if error is None else f"error {error}\n".encode())
@@ -298,7 +339,7 @@ def detach(config: Config) -> int:
 
     code = 1
     try:
-        code = run_daemon(config, ready, daemon_log=config.daemon.log_file)
+        code = run_daemon(config, ready, daemon_log=config.daemon.log_file, own_log=own_log)
     except BaseException:
         log.exception("superd crashed")
     finally:
@@ -335,16 +376,16 @@ def _redirect_stdio(log_file: str) -> None:
     os.dup2(out, 2)
     os.close(out)
 
-def setup_logging(timestamps: bool) -> None:
+def setup_logging(timestamps: bool, path: str = "stderr") -> DaemonLog:
+    """The daemon's own log on fd 2 (path: what that is, for log_error events)."""
     fmt = "%(asctime)s %(levelname)s %(message)s" if timestamps else "%(levelname)s %(message)s"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    log.addHandler(handler)
+    own_log = install(log, 2, path, fmt)
     log.setLevel(logging.INFO)
     log.propagate = False
+    return own_log
 
 def run_foreground(config: Config) -> int:
-    setup_logging(timestamps="JOURNAL_STREAM" not in os.environ)
+    own_log = setup_logging(timestamps="JOURNAL_STREAM" not in os.environ)
 
     def ready(error: str | None) -> None:
         if error is None:
@@ -352,7 +393,7 @@ def run_foreground(config: Config) -> int:
         else:
             print(f"superd: {error}", file=sys.stderr)
 
-    return run_daemon(config, ready, systemd="NOTIFY_SOCKET" in os.environ)
+    return run_daemon(config, ready, systemd="NOTIFY_SOCKET" in os.environ, own_log=own_log)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="superd", description="superd process supervisor")

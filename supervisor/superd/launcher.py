@@ -22,10 +22,11 @@ log = logging.getLogger("superd")
 
 class Launcher:
     def __init__(self, logs: Logs, sockets: Listeners,
-                 notify_address: Callable[[], str | None]) -> None:
+                 notify_address: Callable[[], str | None], nofile: int | None = None) -> None:
         self.logs = logs
         self.sockets = sockets
         self.notify_address = notify_address  # the NOTIFY_SOCKET for `ready: notify`
+        self.nofile = nofile  # RLIMIT_NOFILE soft limit for workers (None: superd's)
 
     def launch(self, instance: Instance) -> int:
         """Fork and exec the instance's command; its pid (OSError if not)."""
@@ -45,7 +46,7 @@ class Launcher:
                          directory=worker.directory, umask=worker.umask, user=worker.user,
                          stdout_fd=stdout, stderr_fd=stderr,
                          listen_fds=self.sockets.fds(worker.sockets),
-                         listen_names=worker.sockets)
+                         listen_names=worker.sockets, nofile=self.nofile)
 
     def environment(self, instance: Instance) -> dict[str, str]:
         env = dict(os.environ)

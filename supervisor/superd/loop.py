@@ -4,12 +4,26 @@ Signal handlers do nothing but let CPython write the signal number to the
 wake-up pipe; the loop reads it and runs the registered callback in normal
 code.  The loop's only blocking call is select() with the next timer's
 deadline as its timeout, so an idle daemon never wakes up.
+
+Fault boundary: an exception that a callback's owner did not handle costs
+that callback, never the loop.  It is logged with its traceback; a timer that
+raised is simply done; a signal callback stays (the next signal may find it
+working again, and a dropped SIGCHLD handler would strand every worker); an
+fd callback is paused for FD_PAUSE, because a level-triggered fd whose
+callback fails before consuming its input would call back at once, forever:
+one broken owner must not spin the loop or flood the log.  Pausing rather
+than dropping it means a passing fault heals by itself: a control listener
+that failed once still accepts a second later, and a worker's output pipe is
+drained again before the worker blocks on it for good.  To its owner the
+registration stands throughout: remove_* ends it, add_* replaces it.  Only a
+failure of the loop's own machinery leaves run().
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import selectors
 import signal
@@ -17,6 +31,10 @@ import time
 from collections.abc import Callable
 
 Callback = Callable[[], None]
+
+log = logging.getLogger("superd")
+
+FD_PAUSE = 1.0  # seconds an fd whose callback raised is left alone, then called again
 
 
 class Timer:
@@ -39,6 +57,7 @@ class Loop:
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self._signal_callbacks: dict[int, Callback] = {}
+        self._paused: dict[tuple[int, str], Timer] = {}  # (fd, role): its resumption
         self._running = False
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ)
@@ -48,10 +67,12 @@ class Loop:
     # it.  A second registration is refused: it means an fd was closed while
     # still registered and its number reused, or two objects think they own it.
     def add_reader(self, fd: int, callback: Callback) -> None:
+        self._unpause(fd, "reader")
         _claim(self._readers, fd, callback, "reader")
         self._update(fd)
 
     def remove_reader(self, fd: int) -> None:
+        self._unpause(fd, "reader")
         self._readers.pop(fd, None)
         self._update(fd)
 
@@ -59,6 +80,7 @@ class Loop:
         return fd in self._readers
 
     def add_writer(self, fd: int, callback: Callback) -> None:
+        self._unpause(fd, "writer")
         _claim(self._writers, fd, callback, "writer")
         self._update(fd)
 
@@ -66,6 +88,7 @@ class Loop:
         return fd in self._writers
 
     def remove_writer(self, fd: int) -> None:
+        self._unpause(fd, "writer")
         self._writers.pop(fd, None)
         self._update(fd)
 
@@ -103,7 +126,7 @@ class Loop:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                _contained(timer.callback, "timer %s", _name_of(timer.callback))
 
     # -- signals ----------------------------------------------------------
     def add_signal(self, signum: int, callback: Callback) -> None:
@@ -125,7 +148,7 @@ class Loop:
         for signum in dict.fromkeys(received):
             callback = self._signal_callbacks.get(signum)
             if callback is not None:
-                callback()
+                _contained(callback, "%s handler %s", _signal_name(signum), _name_of(callback))
 
     # -- running ----------------------------------------------------------
     def run(self) -> None:
@@ -143,10 +166,32 @@ class Loop:
         if fd == self._wake_read:
             self._drain_signals()
             return
-        if mask & selectors.EVENT_READ and fd in self._readers:
-            self._readers[fd]()
-        if mask & selectors.EVENT_WRITE and fd in self._writers:
-            self._writers[fd]()
+        if mask & selectors.EVENT_READ:
+            self._call_fd(self._readers, fd, "reader")
+        if mask & selectors.EVENT_WRITE:
+            self._call_fd(self._writers, fd, "writer")
+
+    def _call_fd(self, table: dict[int, Callback], fd: int, role: str) -> None:
+        callback = table.get(fd)
+        if callback is None or _contained(callback, "fd %d %s %s; paused for %gs", fd, role,
+                                          _name_of(callback), FD_PAUSE):
+            return
+        if table.get(fd) is callback:  # unless its owner has already replaced it
+            del table[fd]
+            self._update(fd)
+            self._paused[(fd, role)] = self.call_later(
+                FD_PAUSE, lambda: self._resume(table, fd, role, callback))
+
+    def _resume(self, table: dict[int, Callback], fd: int, role: str,
+                callback: Callback) -> None:
+        del self._paused[(fd, role)]
+        table[fd] = callback
+        self._update(fd)
+
+    def _unpause(self, fd: int, role: str) -> None:
+        timer = self._paused.pop((fd, role), None)
+        if timer is not None:
+            timer.cancel()
 
     def stop(self) -> None:
         self._running = False
@@ -166,6 +211,28 @@ def _claim(table: dict[int, Callback], fd: int, callback: Callback, role: str) -
     if fd in table:
         raise FdOwned(f"fd {fd} already has a {role}: {table[fd]!r}")
     table[fd] = callback
+
+
+def _contained(callback: Callback, what: str, *args: object) -> bool:
+    """Run callback; log what it let escape (with the traceback) and say False."""
+    try:
+        callback()
+    except Exception:
+        log.exception("unhandled error in " + what, *args)
+        return False
+    return True
+
+
+def _name_of(callback: Callback) -> str:
+    # The qualified name, not repr(): no address, so repeats of one fault look alike.
+    return getattr(callback, "__qualname__", type(callback).__qualname__)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _wake_only(signum: int, frame: object) -> None:

@@ -61,7 +61,11 @@ def scan_groups(pgids: set[int], proc: str = "/proc") -> dict[int, list[ProcStat
     groups: dict[int, list[ProcStat]] = {pgid: [] for pgid in pgids}
     if not pgids:
         return groups
-    for entry in os.listdir(proc):
+    try:
+        entries = os.listdir(proc)
+    except OSError:  # out of fds, say: status answers, without figures
+        return groups
+    for entry in entries:
         if not entry.isdigit():
             continue
         text = _read(f"{proc}/{entry}/stat")

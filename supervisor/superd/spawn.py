@@ -12,6 +12,7 @@ import fcntl
 import functools
 import os
 import pwd
+import resource
 import signal
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ class SpawnSpec:
     stderr_fd: int
     listen_fds: tuple[int, ...] = ()  # become fds 3.. (systemd socket activation)
     listen_names: tuple[str, ...] = ()
+    # The RLIMIT_NOFILE soft limit superd was started with (None: keep superd's).
+    nofile: int | None = None
 
 
 def spawn(spec: SpawnSpec) -> int:
@@ -66,6 +69,8 @@ def _become_worker(spec: SpawnSpec, parent: int) -> None:
     _redirect_stdio(spec)
     env = _pass_listen_fds(spec)
     os.umask(spec.umask)
+    if spec.nofile is not None:
+        _lower_nofile(spec.nofile)
     if spec.user is not None:
         _switch_user(spec.user)
     os.chdir(spec.directory)
@@ -117,6 +122,14 @@ def _pass_listen_fds(spec: SpawnSpec) -> dict[str, str]:
     return env
 
 
+def _lower_nofile(soft: int) -> None:
+    """Give the worker the limit superd was started with, not superd's raised one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft > hard):
+        soft = hard  # the hard limit was lowered since superd started
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def _switch_user(user: str) -> None:
     entry = pwd.getpwnam(user)
     if os.geteuid() != 0:
@@ -144,6 +157,18 @@ def prctl(option: int, value: int) -> None:
     if _libc().prctl(option, value, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+
+
+def raise_nofile_limit() -> int:
+    """Raise our RLIMIT_NOFILE soft limit to the hard limit; return the old soft
+    limit, which workers get back (many programs assume 1024 for select())."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # an unlimited hard limit above fs.nr_open: keep what we have
+    return soft
 
 
 def become_subreaper() -> None:

@@ -27,7 +27,10 @@ class Event(str, Enum):
     DIED = "died"  # the worker's main process was reaped
     RETRY = "retry"  # the backoff delay elapsed
     KILL = "kill"  # stoptimeout elapsed while stopping
-    TIMEOUT = "timeout"  # startsecs elapsed without a readiness report
+    TIMEOUT = "timeout"  # start_timeout elapsed without a readiness report
+    # superd could not spawn for lack of its own resources (fds, processes,
+    # memory): not the worker's failure, so it is not counted as one.
+    NO_RESOURCES = "no_resources"
 
 
 # (state, event) -> handler name on Instance.  Every pair is present: a pair
@@ -41,6 +44,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.STOPPED, Event.RETRY): "ignore",
     (State.STOPPED, Event.KILL): "ignore",
     (State.STOPPED, Event.TIMEOUT): "ignore",
+    (State.STOPPED, Event.NO_RESOURCES): "wait_for_resources",
     (State.STARTING, Event.START): "ignore",
     (State.STARTING, Event.STOP): "begin_stop",
     (State.STARTING, Event.UP): "mark_running",
@@ -48,6 +52,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.STARTING, Event.RETRY): "ignore",
     (State.STARTING, Event.KILL): "ignore",
     (State.STARTING, Event.TIMEOUT): "start_timed_out",
+    (State.STARTING, Event.NO_RESOURCES): "ignore",
     (State.RUNNING, Event.START): "ignore",
     (State.RUNNING, Event.STOP): "begin_stop",
     (State.RUNNING, Event.UP): "ignore",
@@ -55,6 +60,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.RUNNING, Event.RETRY): "ignore",
     (State.RUNNING, Event.KILL): "ignore",
     (State.RUNNING, Event.TIMEOUT): "ignore",
+    (State.RUNNING, Event.NO_RESOURCES): "ignore",
     (State.BACKOFF, Event.START): "ignore",
     (State.BACKOFF, Event.STOP): "cancel_retry",
     (State.BACKOFF, Event.UP): "ignore",
@@ -62,6 +68,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.BACKOFF, Event.RETRY): "respawn",
     (State.BACKOFF, Event.KILL): "ignore",
     (State.BACKOFF, Event.TIMEOUT): "ignore",
+    (State.BACKOFF, Event.NO_RESOURCES): "wait_for_resources",
     (State.STOPPING, Event.START): "start_after_stop",
     (State.STOPPING, Event.STOP): "ignore",
     (State.STOPPING, Event.UP): "ignore",
@@ -69,6 +76,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.STOPPING, Event.RETRY): "ignore",
     (State.STOPPING, Event.KILL): "kill_group",
     (State.STOPPING, Event.TIMEOUT): "ignore",
+    (State.STOPPING, Event.NO_RESOURCES): "ignore",
     (State.EXITED, Event.START): "spawn",
     (State.EXITED, Event.STOP): "forget_exit",
     (State.EXITED, Event.UP): "ignore",
@@ -76,6 +84,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.EXITED, Event.RETRY): "ignore",
     (State.EXITED, Event.KILL): "ignore",
     (State.EXITED, Event.TIMEOUT): "ignore",
+    (State.EXITED, Event.NO_RESOURCES): "wait_for_resources",
     (State.FATAL, Event.START): "spawn",
     (State.FATAL, Event.STOP): "forget_exit",
     (State.FATAL, Event.UP): "ignore",
@@ -83,17 +92,18 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.FATAL, Event.RETRY): "ignore",
     (State.FATAL, Event.KILL): "ignore",
     (State.FATAL, Event.TIMEOUT): "ignore",
+    (State.FATAL, Event.NO_RESOURCES): "wait_for_resources",
 }
 
 # Which states a handler may move a worker into; Instance checks every move.
 ALLOWED: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.STARTING}),
+    State.STOPPED: frozenset({State.STARTING, State.BACKOFF}),
     State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.FATAL, State.STOPPING}),
     State.RUNNING: frozenset({State.EXITED, State.STOPPING}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPED}),
     State.STOPPING: frozenset({State.STOPPED}),
-    State.EXITED: frozenset({State.STARTING, State.STOPPED}),
-    State.FATAL: frozenset({State.STARTING, State.STOPPED}),
+    State.EXITED: frozenset({State.STARTING, State.STOPPED, State.BACKOFF}),
+    State.FATAL: frozenset({State.STARTING, State.STOPPED, State.BACKOFF}),
 }
 
 PROCESS_ALIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})

@@ -28,9 +28,16 @@ def status_row(instance: Instance) -> Row:
         "exit_status": instance.exit_status,
         "cpu_percent": None,
         "rss_bytes": None,
-        "description": describe_exit(instance.exit_status) if instance.pid is None else "",
+        "description": description(instance),
         "status_text": instance.status_text,
     }
+
+
+def description(instance: Instance) -> str:
+    """Why superd cannot start it, while that holds; else how it last ended."""
+    if instance.shortage is not None:
+        return instance.shortage
+    return describe_exit(instance.exit_status) if instance.pid is None else ""
 
 
 class StatusReport:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from .apply import Reconfigurer
@@ -38,7 +39,7 @@ log = logging.getLogger("superd")
 
 class Supervisor:
     def __init__(self, running: RunningConfig, loop: Loop,
-                 daemon_log: str | None = None) -> None:
+                 daemon_log: str | None = None, worker_nofile: int | None = None) -> None:
         self.running = running
         self.loop = loop
         self.bus = EventBus()
@@ -48,7 +49,8 @@ class Supervisor:
         self.sockets = Listeners()
         self.notify_server: NotifyServer | None = None
         self.logs = Logs(running, loop, self._log_failed, daemon_log)
-        self.launcher = Launcher(self.logs, self.sockets, self._notify_address)
+        self.launcher = Launcher(self.logs, self.sockets, self._notify_address,
+                                 worker_nofile)
         self.status = StatusReport(self.registry, self.logs)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
                                          self.new_instance)
@@ -71,7 +73,7 @@ class Supervisor:
         return self.loop.call_later(delay, callback)
 
     def transition(self, instance: Instance, old: State, new: State) -> None:
-        log.info("%s: %s -> %s%s", instance.name, old.value, new.value, _detail(instance, new))
+        _log_transition(instance, old, new)
         self.bus.publish(state_event(instance.name, old.value, new.value, instance.pid,
                                      instance.exit_status))
         ready = instance.config.ready
@@ -111,10 +113,44 @@ class Supervisor:
             if instance.pid is not None:
                 signal_group(instance.pid, signal.SIGKILL)
 
+    def terminate_everything(self, timeout: float) -> None:
+        """Without the loop (it has failed): stopsignal to every worker's group,
+        up to timeout for them to go, then SIGKILL for the rest.
+
+        This blocks and polls, which the loop never may; it runs only once the
+        loop is beyond use and the daemon is on its way out.
+        """
+        alive = {pid: i for i in self.registry.everything() if (pid := i.pid) is not None}
+        for pid, instance in alive.items():
+            signal_group(pid, instance.config.stopsignal)
+        self._reap_until(alive, time.monotonic() + timeout)
+        for pid in alive:
+            signal_group(pid, signal.SIGKILL)
+        self._reap_until(alive, time.monotonic() + 1.0)
+
+    def _reap_until(self, alive: dict[int, Instance], deadline: float) -> None:
+        def gone(instance: Instance, wait_status: int) -> None:
+            alive.pop(instance.pid or 0, None)
+
+        while True:
+            self.registry.reap(gone)
+            if not alive or time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+
+
+def _log_transition(instance: Instance, old: State, new: State) -> None:
+    # The pid is an argument of its own, not part of a string: the daemon's
+    # log takes numbers as what varies between repeats of one cause.
+    if new in (State.STARTING, State.RUNNING) and instance.pid is not None:
+        log.info("%s: %s -> %s (pid %d)", instance.name, old.value, new.value, instance.pid)
+        return
+    log.info("%s: %s -> %s%s", instance.name, old.value, new.value, _detail(instance, new))
+
 
 def _detail(instance: Instance, new: State) -> str:
-    if new in (State.STARTING, State.RUNNING) and instance.pid is not None:
-        return f" (pid {instance.pid})"
+    if new is State.BACKOFF and instance.shortage is not None:
+        return f" ({instance.shortage})"
     if new in (State.EXITED, State.BACKOFF, State.FATAL):
         return f" ({describe_exit(instance.exit_status)})"
     return ""

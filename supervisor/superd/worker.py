@@ -7,6 +7,7 @@ transitions can be tested with a fake runtime and no real processes.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -30,6 +31,19 @@ class Runtime(Protocol):
     def transition(self, instance: Instance, old: State, new: State) -> None: ...
 
 
+# A spawn that fails with one of these failed for lack of superd's own
+# resources (pipe, fork), not because of the worker.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+
+def resource_shortage(exc: OSError) -> str | None:
+    """The cause in words when exc means superd is short of a resource, else None."""
+    if exc.errno not in RESOURCE_ERRNOS:
+        return None
+    reason = exc.strerror or os.strerror(exc.errno)
+    return f"cannot start: {reason} ({errno.errorcode[exc.errno]}); retrying"
+
+
 def backoff_delay(initial: float, cap: float, failures: int, rng: random.Random) -> float:
     """Exponential in the number of failures, capped, with jitter in [d/2, d]."""
     delay = min(cap, initial * 2.0 ** max(0, failures - 1))
@@ -48,6 +62,8 @@ class Instance:
         self.exit_status: int | None = None  # exit code, or -SIGNUM
         self.restarts = 0
         self.failures = 0  # failed starts in a row
+        self.shortage: str | None = None  # why superd cannot spawn it, while that holds
+        self.shortages = 0  # spawns in a row that failed for lack of resources
         self.start_after_stop = False
         self.rng = random.Random()
         self._timer: TimerHandle | None = None
@@ -101,7 +117,8 @@ class Instance:
         self._launch()
 
     def _respawn(self) -> None:
-        self.restarts += 1
+        if self.shortage is None:  # retries after a shortage are the same restart
+            self.restarts += 1
         self._launch()
 
     def _mark_running(self) -> None:
@@ -121,11 +138,22 @@ class Instance:
         self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
 
     def _start_timed_out(self) -> None:
-        # No readiness report within startsecs: end this try; the death that
+        # No readiness report within start_timeout: end this try; the death that
         # follows is an ordinary failed start (BACKOFF, then FATAL).
         self._timer = None
         if self.pid is not None:
             self.runtime.killpg(self.pid, signal.SIGKILL)
+
+    def _wait_for_resources(self) -> None:
+        # Not the worker's failure: no try is counted toward startretries, and
+        # the capped backoff repeats until superd has the resource again.
+        self._cancel_timer()
+        self.shortages += 1
+        backoff = self.config.backoff
+        delay = backoff_delay(backoff.initial, backoff.max, self.shortages, self.rng)
+        self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
+        if self.state is not State.BACKOFF:
+            self._enter(State.BACKOFF)
 
     def _exited(self) -> None:
         self._enter(State.EXITED)
@@ -157,6 +185,7 @@ class Instance:
 
     def _cancel_retry(self) -> None:
         self._cancel_timer()
+        self._clear_shortage()
         self._enter(State.STOPPED)
 
     def _forget_exit(self) -> None:
@@ -167,17 +196,17 @@ class Instance:
         self.status_text = ""
         try:
             self.pid = self.runtime.spawn(self)
-        except OSError:
-            self.pid = None
-            self._enter(State.STARTING)
-            self._start_failed()
+        except OSError as exc:
+            self._spawn_failed(exc)
             return
+        self._clear_shortage()
         self.started_at = time.monotonic()
         self._enter(State.STARTING)
         if self.config.ready.kind != "none":
-            if self.config.startsecs > 0:
+            # Readiness alone decides; startsecs plays no part.
+            if self.config.start_timeout > 0:
                 self._timer = self.runtime.call_later(
-                    self.config.startsecs, lambda: self.handle(Event.TIMEOUT)
+                    self.config.start_timeout, lambda: self.handle(Event.TIMEOUT)
                 )
         elif self.config.startsecs <= 0:
             self._mark_running()
@@ -185,6 +214,19 @@ class Instance:
             self._timer = self.runtime.call_later(
                 self.config.startsecs, lambda: self.handle(Event.UP)
             )
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        self.pid = None
+        self.shortage = resource_shortage(exc)
+        if self.shortage is not None:
+            self.handle(Event.NO_RESOURCES)
+            return
+        self._enter(State.STARTING)
+        self._start_failed()
+
+    def _clear_shortage(self) -> None:
+        self.shortage = None
+        self.shortages = 0
 
     def _should_restart(self) -> bool:
         policy = self.config.autorestart
