@@ -396,3 +396,19 @@ def test_reload_of_stopped_workers_follows_autostart(superd: Superd) -> None:
     assert result.stdout.splitlines() == ["changed: off, on"], result.stderr
     assert superd.status("off")["state"] == "STOPPED"  # not running, not autostart
     assert superd.status("on")["state"] == "RUNNING"  # autostart: runs with new settings
+
+
+def test_reload_moves_output_to_the_new_log_file(superd: Superd) -> None:
+    first, second = superd.folder / "first.log", superd.folder / "second.log"
+    talker = ["sh", "-c", 'echo "gen $GEN"; exec sleep 600']
+    superd.start({"a": worker(talker, environment={"GEN": "1"}, stdout={"file": str(first)})})
+    wait_for(lambda: first.exists() and "gen 1" in first.read_text(), what="first output")
+    superd.write_config({"a": worker(talker, environment={"GEN": "2"},
+                                     stdout={"file": str(second), "maxbytes": "1KB"})})
+    assert superd.call("reload")["changed"] == ["a"]
+    wait_for(lambda: second.exists() and "gen 2" in second.read_text(), what="new file")
+    assert "gen 2" not in first.read_text()
+    daemon = superd.pid or 0
+    # The old file is no longer held open by the daemon.
+    open_files = [os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon}/fd")]
+    assert str(first) not in open_files and str(second) in open_files

@@ -90,6 +90,11 @@ class LogFile:
         """Call follower with every chunk written from now on."""
         return Follow(self._followers, follower)
 
+    def configure(self, settings: LogConfig) -> None:
+        """Rotate by these settings from now on (a reload changed them)."""
+        self.maxbytes = settings.maxbytes
+        self.backups = settings.backups
+
     # -- opening ----------------------------------------------------------
     def open(self) -> None:
         self.close()
@@ -374,6 +379,7 @@ class Capture:
 class InstanceLogs:
     stdout: LogFile
     stderr: LogFile | None  # None: merged into stdout
+    settings: tuple[str, LogConfig, LogConfig]  # (log_dir, stdout, stderr) they came from
     captures: list[Capture] = field(default_factory=list)
 
     def files(self) -> list[LogFile]:
@@ -410,13 +416,18 @@ class Logs:
         self.daemon_log = daemon_log  # when detached: the daemon's stdout/stderr go there
 
     def logs_of(self, name: str, stdout: LogConfig, stderr: LogConfig) -> InstanceLogs:
+        """The instance's files for these settings.  After a reload changed them
+        (or log_dir), the next call with no pipe still open takes the new ones."""
+        settings = (self.running.daemon.log_dir, stdout, stderr)
         entry = self.instances.get(name)
-        if entry is None:
-            log_dir = self.running.daemon.log_dir
-            out_path, err_path = log_paths(log_dir, name, stdout, stderr)
-            entry = InstanceLogs(self._file(out_path, stdout),
-                                 None if err_path is None else self._file(err_path, stderr))
-            self.instances[name] = entry
+        if entry is not None and (entry.settings == settings or entry.captures):
+            return entry
+        out_path, err_path = log_paths(settings[0], name, stdout, stderr)
+        entry = InstanceLogs(self._file(out_path, stdout),
+                             None if err_path is None else self._file(err_path, stderr),
+                             settings)
+        self.instances[name] = entry
+        self._close_unused_files()
         return entry
 
     def _file(self, path: str, settings: LogConfig) -> LogFile:
@@ -424,7 +435,14 @@ class Logs:
         if log_file is None:
             log_file = self.files[path] = LogFile(path, settings, self._failed)
             log_file.open()
+        else:
+            log_file.configure(settings)
         return log_file
+
+    def _close_unused_files(self) -> None:
+        used = {log_file.path for entry in self.instances.values() for log_file in entry.files()}
+        for path in set(self.files) - used:
+            self.files.pop(path).close()
 
     def _failed(self, path: str, message: str) -> None:
         """Tell once for each instance whose output goes to the failing file."""
@@ -440,8 +458,10 @@ class Logs:
 
         Pipes left by the previous run are drained and closed first.
         """
+        previous = self.instances.get(name)
+        if previous is not None:
+            self._close_captures(previous)
         entry = self.logs_of(name, stdout, stderr)
-        self._close_captures(entry)
         write_ends = [self._capture(entry, entry.stdout)]
         try:
             if entry.stderr is not None:
