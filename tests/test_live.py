@@ -412,3 +412,25 @@ def test_reload_moves_output_to_the_new_log_file(superd: Superd) -> None:
     # The old file is no longer held open by the daemon.
     open_files = [os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon}/fd")]
     assert str(first) not in open_files and str(second) in open_files
+
+
+def test_reload_starts_changed_workers_after_their_dependencies(superd: Superd) -> None:
+    def config(generation: str) -> dict[str, object]:
+        env = {"GEN": generation}
+        return {"db": worker(SLEEPER, environment=env, startsecs="500ms"),
+                "web": worker(SLEEPER, environment=env, depends_on=["db"])}
+
+    superd.start(config("1"))
+    wait_for(lambda: all_running(superd), what="both running")
+    events = superd.client()
+    assert events.result("subscribe") == {}
+    superd.write_config(config("2"))
+    assert sorted(superd.call("reload")["changed"]) == ["db", "web"]
+    seen: list[tuple[str, str]] = []
+    while ("web", "RUNNING") not in seen:
+        message = events.receive()
+        assert message is not None
+        if message[0] is Kind.EVENT and message[1]["event"] == "state":
+            seen.append((message[1]["name"], message[1]["to"]))
+    events.close()
+    assert seen.index(("db", "RUNNING")) < seen.index(("web", "STARTING"))

@@ -46,21 +46,28 @@ class Reconfigurer:
                 instance.reconfigure(worker)  # equal but for numprocs
         self.registry.replace(instances)
         targets: dict[Instance, Settled] = {}
+        starting = []
         for instance, worker in touched:
-            targets[instance] = self._restart_with(instance, worker)
+            if self._stop_and_reconfigure(instance, worker):
+                starting.append(instance)
+                targets[instance] = self.orchestrator.start_settled
+            else:
+                targets[instance] = stop_settled
         for gone in removed:
             assert gone is not None
             gone.handle(Event.STOP)
             self.registry.retire(gone)
             targets[gone] = stop_settled
+        # Dependencies first, as any start: a changed worker whose dependency is
+        # restarting too waits until that dependency is RUNNING again.
+        self.orchestrator.start_all(starting)
         self.orchestrator.when(list(targets), lambda instance: targets[instance](instance),
                                callback)
 
-    def _restart_with(self, instance: Instance, worker: WorkerConfig) -> Settled:
+    def _stop_and_reconfigure(self, instance: Instance, worker: WorkerConfig) -> bool:
+        """Stop with the settings it was started with, take the new ones; whether
+        it should start again."""
         was_active = instance.wants_to_run
-        instance.handle(Event.STOP)  # with the settings it was started with
+        instance.handle(Event.STOP)
         instance.reconfigure(worker)
-        if was_active or worker.autostart:
-            instance.handle(Event.START)
-            return self.orchestrator.start_settled
-        return stop_settled
+        return was_active or worker.autostart
