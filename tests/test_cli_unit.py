@@ -18,7 +18,7 @@ import pytest
 import superd
 from superd import cli
 from superd.client import Client, CommandFailed, DaemonUnreachable
-from superd.protocol import Decoder, Kind, encode
+from superd.protocol import MAX_REQUEST, Decoder, Kind, encode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ class FakeDaemon:
                 self._converse(conn)
 
     def _converse(self, conn: socket.socket) -> None:
-        decoder = Decoder()
+        decoder = Decoder(MAX_REQUEST)
         while data := conn.recv(65536):
             for kind, request in decoder.feed(data):
                 assert kind is Kind.REQUEST

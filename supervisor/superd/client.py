@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from superd.protocol import Decoder, FrameError, Kind, encode
+from superd.protocol import MAX_REPLY, Decoder, FrameError, Kind, encode
 
 RECV_SIZE = 65536
 
@@ -32,7 +32,7 @@ class Client:
     def __init__(self, path: str) -> None:
         self.path = path
         self._sock = connect(path)
-        self._decoder = Decoder()
+        self._decoder = Decoder(MAX_REPLY)
         self._next_id = 1
         self._replies: dict[int, dict[str, Any]] = {}
         self._events: deque[dict[str, Any]] = deque()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .loop import Loop
-from .protocol import Decoder, FrameError, Kind, encode
+from .protocol import MAX_REQUEST, Decoder, FrameError, Kind, encode
 
 log = logging.getLogger("superd")
 
@@ -55,7 +55,7 @@ class Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.allowed = allowed
-        self.decoder = Decoder()
+        self.decoder = Decoder(MAX_REQUEST)
         self._output = bytearray()
         self.replies: deque[Reply] = deque()
         self._closing = False  # close once the output is written
