@@ -92,3 +92,16 @@ def test_messages_are_taken_one_at_a_time() -> None:
     assert decoder.pending == 4
     decoder.push(frames[0][4:])
     assert decoder.next() == (Kind.REQUEST, {"id": 0}) and decoder.pending == 0
+
+
+def test_has_message_looks_without_taking_and_checks_the_header() -> None:
+    frame = encode(Kind.REQUEST, {"id": 1})
+    decoder = Decoder(MAX_REQUEST)
+    decoder.push(frame[:-1])
+    assert not decoder.has_message()
+    decoder.push(frame[-1:])
+    assert decoder.has_message() and decoder.has_message()
+    assert decoder.next() == (Kind.REQUEST, {"id": 1}) and not decoder.has_message()
+    decoder.push(HEADER.pack(b"XX", 1, 1, 2))
+    with pytest.raises(FrameError):
+        decoder.has_message()

@@ -21,8 +21,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from .loop import Loop, Timer
@@ -112,8 +111,11 @@ class OutputBuffer:
 
     def send_to(self, sock: socket.socket) -> None:
         """Send what the socket takes now; OSError as send(2) raises it."""
-        with memoryview(self._data) as view:
-            self._start += sock.send(view[self._start:])
+        if not self._start:
+            self._start = sock.send(self._data)
+        else:
+            with memoryview(self._data) as view:
+                self._start += sock.send(view[self._start:])
         if self._start == len(self._data):
             self._data.clear()
             self._start = 0
@@ -172,12 +174,14 @@ class Connection:
 
     def flush_replies(self) -> None:
         """Move answered replies, in request order, into the output buffer."""
-        with self._contained():
+        try:
             while self.replies and self.replies[0].frame is not None:
                 frame = self.replies.popleft().frame
                 assert frame is not None
                 self._queue(frame)
             self._write()
+        except Exception:
+            self._fail()
 
     def send(self, kind: Kind, message: dict[str, Any]) -> None:
         """Queue an event; one that cannot be encoded is dropped (and logged)."""
@@ -195,23 +199,26 @@ class Connection:
                         self.fd)
             self.close()
             return
-        with self._contained():
+        try:
             self._queue(frame)
             self._write()
+        except Exception:
+            self._fail()
 
     def write_output(self) -> None:
-        with self._contained():
+        try:
             self._write()
+        except Exception:
+            self._fail()
 
     # -- the fault boundary of one connection -------------------------------
-    @contextmanager
-    def _contained(self) -> Iterator[None]:
-        """A bug while serving this client closes this client, nobody else."""
-        try:
-            yield
-        except Exception:
-            log.exception("control connection on fd %d failed; closing it", self.fd)
-            self.close()
+    # Every entry point (loop callbacks, timers, replies and events given from
+    # elsewhere) ends in `except Exception: self._fail()`: a bug while serving
+    # this client closes this client, nobody else.  (Plain try blocks, not a
+    # context manager: events reach every subscriber through here.)
+    def _fail(self) -> None:
+        log.exception("control connection on fd %d failed; closing it", self.fd)
+        self.close()
 
     # -- reading ------------------------------------------------------------
     def _reconcile(self) -> None:
@@ -239,13 +246,17 @@ class Connection:
         return len(self._output) >= OUTPUT_PAUSE or len(self.replies) >= MAX_UNANSWERED
 
     def _on_readable(self) -> None:
-        with self._contained():
+        try:
             self._read()
+        except Exception:
+            self._fail()
 
     def _on_turn(self) -> None:
         self._turn = None
-        with self._contained():
+        try:
             self._take_turn()
+        except Exception:
+            self._fail()
 
     def _read(self) -> None:
         try:
@@ -273,15 +284,22 @@ class Connection:
                 self.reject_frame(str(exc))
                 return
             if message is None:
-                self._backlog = False
                 break
             kind, body = message
             if kind is not Kind.REQUEST:
                 self.reject_frame(f"expected a request, got kind {int(kind)}")
                 return
             self.handle_request(body)
-        if not self.closed:
-            self._reconcile()
+        if self.closed:
+            return
+        try:
+            # Only another whole request waiting costs a turn of the loop;
+            # the usual one request per read goes on reading at once.
+            self._backlog = self.decoder.has_message()
+        except FrameError as exc:
+            self.reject_frame(str(exc))
+            return
+        self._reconcile()
 
     def _watch_partial_frame(self, pending: bool) -> None:
         if pending and self._partial_timer is None:
@@ -293,14 +311,19 @@ class Connection:
 
     def _on_partial_due(self) -> None:
         self._partial_timer = None
-        with self._contained():
-            timeout = self.server.partial_frame_timeout
-            if time.monotonic() - self._last_bytes < timeout:
-                self._reconcile()  # more came meanwhile: wait from the last bytes
-                return
-            log.info("control client on fd %d sent part of a frame and nothing more "
-                     "for %g s; closing it", self.fd, timeout)
-            self.reject_frame(f"incomplete frame: nothing more for {timeout:g} s")
+        try:
+            self._close_stalled_frame()
+        except Exception:
+            self._fail()
+
+    def _close_stalled_frame(self) -> None:
+        timeout = self.server.partial_frame_timeout
+        if time.monotonic() - self._last_bytes < timeout:
+            self._reconcile()  # more came meanwhile: wait from the last bytes
+            return
+        log.info("control client on fd %d sent part of a frame and nothing more "
+                 "for %g s; closing it", self.fd, timeout)
+        self.reject_frame(f"incomplete frame: nothing more for {timeout:g} s")
 
     def reject_frame(self, reason: str) -> None:
         """One `bad_frame` reply in place of any still owed, then close."""
@@ -353,12 +376,15 @@ class Connection:
         if self._output:
             if not loop.has_writer(self.fd):
                 loop.add_writer(self.fd, self.write_output)
-        else:
+        elif self._closing:
+            self.close()
+            return
+        elif loop.has_writer(self.fd):
             loop.remove_writer(self.fd)
-            if self._closing:
-                self.close()
-                return
-        self._reconcile()
+        # Most writes (an event to a subscriber that keeps up) change nothing
+        # about reading; only look again when something might have.
+        if self._backlog or self._held_back() or not loop.has_reader(self.fd):
+            self._reconcile()
 
     def close(self) -> None:
         if self.closed:

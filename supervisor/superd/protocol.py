@@ -103,16 +103,25 @@ class Decoder:
         The header is checked before any of the body is awaited, so an
         oversized length is refused without buffering the body.
         """
-        available = len(self._buffer) - self._start
-        if available < HEADER.size:
+        if not self.has_message():
             return None
         header_end = self._start + HEADER.size
-        kind, length = parse_header(bytes(self._buffer[self._start:header_end]), self.limit)
-        if available < HEADER.size + length:
-            return None
+        kind, length = self._header()
         body = bytes(self._buffer[header_end:header_end + length])
         self._start = header_end + length
         return kind, parse_body(body)
+
+    def has_message(self) -> bool:
+        """A whole message is buffered; FrameError if its header is bad."""
+        available = len(self._buffer) - self._start
+        if available < HEADER.size:
+            return False
+        _, length = self._header()
+        return available >= HEADER.size + length
+
+    def _header(self) -> tuple[Kind, int]:
+        header = bytes(self._buffer[self._start:self._start + HEADER.size])
+        return parse_header(header, self.limit)
 
     @property
     def pending(self) -> int:
