@@ -270,7 +270,6 @@ class Connection:
             return
         self._last_bytes = time.monotonic()
         self.decoder.push(data)
-        self._backlog = True
         self._take_turn()
 
     def _take_turn(self) -> None:
