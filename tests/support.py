@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from superd.protocol import Decoder, Kind, encode
+from superd.protocol import MAX_REPLY, Decoder, Kind, encode
 
 REPO = Path(__file__).resolve().parents[1]
 PR_SET_CHILD_SUBREAPER = 36
@@ -102,7 +102,7 @@ class Client:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(path)
-        self.decoder = Decoder()
+        self.decoder = Decoder(MAX_REPLY)
         self.pending: list[tuple[Kind, dict[str, Any]]] = []
         self.next_id = 1
 

@@ -18,7 +18,7 @@ import pytest
 import superd
 from superd import cli
 from superd.client import Client, CommandFailed, DaemonUnreachable
-from superd.protocol import Decoder, Kind, encode
+from superd.protocol import MAX_REQUEST, Decoder, Kind, encode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ class FakeDaemon:
                 self._converse(conn)
 
     def _converse(self, conn: socket.socket) -> None:
-        decoder = Decoder()
+        decoder = Decoder(MAX_REQUEST)
         while data := conn.recv(65536):
             for kind, request in decoder.feed(data):
                 assert kind is Kind.REQUEST
@@ -470,6 +470,24 @@ def test_client_fails_on_connection_level_error(tmp_path: Path) -> None:
                 conn.sendall(encode(Kind.REPLY, {"id": None, **error("bad_frame", "bad magic")}))
                 with pytest.raises(CommandFailed, match="bad magic"):
                     client.request("ping", {})
+
+
+@pytest.mark.parametrize("send_first", [True, False])
+def test_a_refused_connection_is_unreachable_with_the_reason(
+        tmp_path: Path, send_first: bool) -> None:
+    path = str(tmp_path / "s.sock")
+    refusal = {"id": None, **error("too_many_connections", "superd serves at most 3")}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen()
+        with Client(path) as client:
+            conn, _ = listener.accept()
+            conn.sendall(encode(Kind.REPLY, refusal))
+            if not send_first:
+                conn.close()  # refused before the request was sent: sending fails
+            with pytest.raises(DaemonUnreachable, match="refused the connection: .* at most 3"):
+                client.request("ping", {})
+            conn.close()
 
 
 def test_client_yields_events_between_replies(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ def test_empty_file_is_a_config_with_default_daemon(tmp_path: Path) -> None:
     assert daemon.log_dir == str(tmp_path / "log")
     assert daemon.log_file == str(tmp_path / "log" / "superd.log")
     assert daemon.shutdown_timeout == 30.0
+    assert daemon.max_connections == 256
 
 
 @pytest.mark.parametrize("text", ["workers: {}\n", "workers:\nsockets:\ndaemon:\n"])
@@ -397,6 +398,7 @@ def test_every_error_is_reported_at_once_in_line_order(tmp_path: Path) -> None:
     ("line", "message"),
     [("numprocs: abc", "expected an integer, got 'abc'"),
      ("numprocs: 1.5", "expected an integer, got 1.5"),
+     ("numprocs: 10001", "must be at most 10000, got 10001"),
      ("autostart: 'true'", "expected true or false, got 'true'"),
      ("autorestart: true", "expected one of always, on-failure, never, got true"),
      ("startsecs: -1", "duration must not be negative, got -1"),
@@ -415,6 +417,20 @@ def test_every_error_is_reported_at_once_in_line_order(tmp_path: Path) -> None:
 def test_messages_say_what_was_expected(tmp_path: Path, line: str, message: str) -> None:
     [(number, _, reported)] = issues(tmp_path, MINIMAL_WORKER + f"    {line}\n")
     assert (number, reported) == (4, message)
+
+
+def test_numprocs_up_to_the_maximum_is_fine(tmp_path: Path) -> None:
+    loaded = load_text(tmp_path, MINIMAL_WORKER + f"    numprocs: {config.MAX_NUMPROCS}\n")
+    assert loaded.workers["web"].instance_names()[-1] == "web:9999"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "must be at least 1, got 0"), ("many", "expected an integer, got 'many'")])
+def test_max_connections_must_be_a_positive_integer(tmp_path: Path, value: str,
+                                                    message: str) -> None:
+    assert load_text(tmp_path, "daemon:\n  max_connections: 3\n").daemon.max_connections == 3
+    [reported] = issues(tmp_path, f"daemon:\n  max_connections: {value}\n")
+    assert reported == (2, "daemon.max_connections", message)
 
 
 def test_unknown_keys_are_reported_at_their_own_line(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from superd.protocol import HEADER, MAX_BODY, Kind, encode
+from superd.protocol import HEADER, MAX_REQUEST, Kind, encode
 from support import Client, Superd, alive, pids_tagged, wait_for
 
 SLEEPER = ["sleep", "600"]
@@ -259,7 +259,7 @@ def test_bad_frames_close_only_that_connection(superd: Superd) -> None:
     bad_frames = [
         struct.pack("!2sBBI", b"XX", 1, 1, len(body)) + body,  # bad magic
         struct.pack("!2sBBI", b"SD", 9, 1, len(body)) + body,  # unknown version
-        struct.pack("!2sBBI", b"SD", 1, 1, MAX_BODY + 1),  # body over the limit
+        struct.pack("!2sBBI", b"SD", 1, 1, MAX_REQUEST + 1),  # body over the limit
         HEADER.pack(b"SD", 1, 1, 2) + b"[]",  # not an object
         HEADER.pack(b"SD", 1, 1, 3) + b"{x}",  # not JSON
     ]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from superd.protocol import Decoder, Kind, encode
+from superd.protocol import MAX_REPLY, Decoder, Kind, encode
 from support import DEADLINE, Client, Superd, alive, wait_for
 
 SLEEPER = ["sleep", "600"]
@@ -236,7 +236,7 @@ def subscribe(superd: Superd, receive_buffer: int | None = None) -> socket.socke
 class Subscriber:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.decoder = Decoder()
+        self.decoder = Decoder(MAX_REPLY)
         self.events: list[dict[str, Any]] = []
         self.replies = 0
         self.done = False

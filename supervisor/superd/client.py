@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from superd.protocol import Decoder, FrameError, Kind, encode
+from superd.protocol import MAX_REPLY, Decoder, FrameError, Kind, encode
 
 RECV_SIZE = 65536
 
@@ -32,7 +32,7 @@ class Client:
     def __init__(self, path: str) -> None:
         self.path = path
         self._sock = connect(path)
-        self._decoder = Decoder()
+        self._decoder = Decoder(MAX_REPLY)
         self._next_id = 1
         self._replies: dict[int, dict[str, Any]] = {}
         self._events: deque[dict[str, Any]] = deque()
@@ -63,8 +63,20 @@ class Client:
         try:
             self._sock.sendall(frame)
         except OSError:
+            self._read_last_words()
             raise DaemonUnreachable("superd closed the connection") from None
         return request_id
+
+    def _read_last_words(self) -> None:
+        """A daemon that refused this connection said why before closing it;
+        raise that, if it is there to read."""
+        try:
+            data = self._sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            messages = self._decoder.feed(data)
+        except (OSError, FrameError):
+            return
+        for kind, message in messages:
+            self._file(kind, message)
 
     def wait(self, request_id: int) -> object:
         """Block until the reply to request_id arrives; return its result."""
@@ -101,8 +113,9 @@ class Client:
             if isinstance(request_id, int):
                 self._replies[request_id] = message
             else:
-                # A connection-level error (bad_frame) answers no single
-                # request, so it fails whichever one is being waited for.
+                # A connection-level error (bad_frame, too_many_connections)
+                # answers no single request: it fails whichever one is waited for.
+                refused(message)
                 result_of(message)
 
 
@@ -114,6 +127,13 @@ def connect(path: str) -> socket.socket:
         sock.close()
         raise DaemonUnreachable(f"cannot reach superd at {path}: {reason(exc)}") from None
     return sock
+
+
+def refused(reply: dict[str, Any]) -> None:
+    """A daemon with no room for this connection: as unreachable as no daemon."""
+    error = reply.get("error")
+    if isinstance(error, dict) and error.get("code") == "too_many_connections":
+        raise DaemonUnreachable(f"superd refused the connection: {error.get('message')}")
 
 
 def result_of(reply: dict[str, Any]) -> object:

@@ -35,6 +35,11 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 # Linux sun_path holds 108 bytes, one of them the terminating NUL.
 MAX_UNIX_PATH_BYTES = 107
 MEBIBYTE = 1024 * 1024
+# Ten thousand instances keep a full `status` reply near 4 MB, far below the
+# wire's 64 MiB, and running them all takes some 40,000 pipe descriptors:
+# about the most one daemon's RLIMIT_NOFILE and one loop serve well.
+MAX_NUMPROCS = 10_000
+DEFAULT_MAX_CONNECTIONS = 256
 
 AUTORESTART_CHOICES = ("always", "on-failure", "never")
 
@@ -113,6 +118,7 @@ class DaemonConfig:
     log_dir: str
     log_file: str
     shutdown_timeout: float
+    max_connections: int
 
 
 @dataclass(frozen=True)
@@ -469,6 +475,8 @@ def _daemon(context: _Context, entries: dict[str, _Entry]) -> DaemonConfig:
         log_dir=fields.value("log_dir", context.path, context.path("log")),
         log_file=fields.value("log_file", context.path, context.path("log/superd.log")),
         shutdown_timeout=fields.value("shutdown_timeout", parse_duration, 30.0),
+        max_connections=fields.value("max_connections", _integer(minimum=1),
+                                     DEFAULT_MAX_CONNECTIONS),
     )
 
 
@@ -530,7 +538,7 @@ def _worker(
     return WorkerConfig(
         name=name,
         command=fields.node("command", _command, ()),
-        numprocs=fields.value("numprocs", _integer(minimum=1), 1),
+        numprocs=fields.value("numprocs", _integer(minimum=1, maximum=MAX_NUMPROCS), 1),
         directory=fields.value("directory", context.path, context.base_dir),
         environment=fields.node("environment", _environment, ()),
         user=fields.value("user", _optional(_user_name), None),

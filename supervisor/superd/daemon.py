@@ -62,7 +62,7 @@ class Daemon:
         # touch anything of its (the notify socket beside it, its sockets).
         sock = bind_control_socket(self.running.config)
         self.control = ControlServer(self.loop, sock, daemon.socket, daemon.socket_group,
-                                     self.commands.dispatch)
+                                     self.commands.dispatch, daemon.max_connections)
         try:
             self.supervisor.open_sockets()
         except ListenError as exc:
@@ -123,12 +123,13 @@ class Daemon:
         if plan.rebind:
             sock = bind_control_socket(plan.config)
             server = ControlServer(self.loop, sock, new.socket, new.socket_group,
-                                   self.commands.dispatch)
+                                   self.commands.dispatch, new.max_connections)
             server.take_over(self.control)  # closes and unlinks the old socket
             self.control = server
         elif (old.socket_mode, old.socket_group) != (new.socket_mode, new.socket_group):
             set_socket_access(new.socket, plan.config)
             self.control.set_group(new.socket_group)
+        self.control.max_connections = new.max_connections  # open ones stay open
 
     def _reload_on_signal(self) -> None:
         def report(result: dict[str, Any]) -> None:

@@ -4,21 +4,18 @@ control connections that subscribe to them.
 Every event is a JSON object with an "event" kind and a "time" (epoch
 seconds).  Kinds: "state" (every transition of an instance), "reload" and
 "log_error".  A subscribing connection gets each event encoded once and
-queued; one whose queue passes SUBSCRIBER_LIMIT is disconnected instead of
-being waited for, so a client that does not read never slows the daemon or
-the others.
+queued; one that still has SUBSCRIBER_LIMIT bytes of earlier events unread
+is disconnected instead of being waited for, so a client that does not read
+never slows the daemon or the others.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .protocol import Kind, encode
-
-if TYPE_CHECKING:
-    from .control import Connection
+from .control import Connection, encode_event
 
 SUBSCRIBER_LIMIT = 256 << 10
 GONE_STATES = frozenset({"EXITED", "BACKOFF", "FATAL", "STOPPED"})
@@ -85,6 +82,8 @@ class Subscribers:
     def _deliver(self, event: Event) -> None:
         if not self._connections:
             return
-        frame = encode(Kind.EVENT, event)
+        frame = encode_event(event)
+        if frame is None:
+            return
         for connection in list(self._connections):
             connection.send_frame(frame, SUBSCRIBER_LIMIT)

@@ -98,10 +98,16 @@ class Orchestrator:
         """Stop dependents before what they depend on; call back when all stopped."""
         depends_on = self.running.depends_on()
         self._held.difference_update(instances)
+        by_worker: dict[str, list[Instance]] = {}
         for instance in instances:
-            first = set(dependents(depends_on, instance.config.name))
-            blockers = [other for other in instances if other.config.name in first]
-            self.waiters.wait(blockers, stop_settled, _stopper(instance))
+            by_worker.setdefault(instance.config.name, []).append(instance)
+        # Per worker, not per instance: `stop all` of 10,000 instances must
+        # not compare each with every other while the loop waits.
+        for name, group in by_worker.items():
+            blockers = [other for dependent in dependents(depends_on, name)
+                        for other in by_worker.get(dependent, [])]
+            for instance in group:
+                self.waiters.wait(blockers, stop_settled, _stopper(instance))
         self.waiters.wait(instances, stop_settled, callback)
 
 

@@ -1,7 +1,8 @@
 """Wire format v1 of the control socket: pure encode/decode, no I/O.
 
 Every message is an 8-byte header (magic, version, kind, body length) followed
-by one UTF-8 JSON object of at most MAX_BODY bytes.
+by one UTF-8 JSON object: a request of at most MAX_REQUEST bytes, a reply or
+an event of at most MAX_REPLY bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 MAGIC = b"SD"
 VERSION = 1
 HEADER = struct.Struct("!2sBBI")
-MAX_BODY = 1 << 20
+MAX_REQUEST = 1 << 20
+MAX_REPLY = 64 << 20  # replies and events: a status of many instances is big
 
 
 class Kind(IntEnum):
@@ -23,18 +25,29 @@ class Kind(IntEnum):
     EVENT = 3
 
 
+Message = tuple[Kind, dict[str, Any]]
+
+
 class FrameError(Exception):
     """The byte stream cannot be decoded; the connection must be closed."""
 
 
+class TooLarge(FrameError):
+    """A message to be sent is over the limit for its kind; nothing was encoded."""
+
+
+def limit_of(kind: Kind) -> int:
+    return MAX_REQUEST if kind is Kind.REQUEST else MAX_REPLY
+
+
 def encode(kind: Kind, message: dict[str, Any]) -> bytes:
     body = json.dumps(message, separators=(",", ":")).encode()
-    if len(body) > MAX_BODY:
-        raise FrameError(f"body of {len(body)} bytes exceeds {MAX_BODY}")
+    if len(body) > limit_of(kind):
+        raise TooLarge(f"body of {len(body)} bytes exceeds {limit_of(kind)}")
     return HEADER.pack(MAGIC, VERSION, kind, len(body)) + body
 
 
-def parse_header(header: bytes) -> tuple[Kind, int]:
+def parse_header(header: bytes, limit: int) -> tuple[Kind, int]:
     magic, version, kind, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise FrameError("bad magic")
@@ -42,8 +55,8 @@ def parse_header(header: bytes) -> tuple[Kind, int]:
         raise FrameError(f"unsupported version {version}")
     if kind not in Kind.__members__.values():
         raise FrameError(f"unknown kind {kind}")
-    if length > MAX_BODY:
-        raise FrameError(f"body of {length} bytes exceeds {MAX_BODY}")
+    if length > limit:
+        raise FrameError(f"body of {length} bytes exceeds {limit}")
     return Kind(kind), length
 
 
@@ -58,28 +71,59 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 
 class Decoder:
-    """Incremental decoder: feed bytes, get whole messages back."""
+    """Incremental decoder: push bytes, take whole messages out.
 
-    def __init__(self) -> None:
+    `limit` is the largest body accepted: MAX_REQUEST where requests arrive
+    (the daemon), MAX_REPLY where replies and events do (clients).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self._buffer = bytearray()
+        self._start = 0  # messages before this offset were taken already
 
-    def feed(self, data: bytes) -> list[tuple[Kind, dict[str, Any]]]:
-        """Return every complete message; raise FrameError on a bad frame.
+    def feed(self, data: bytes) -> list[Message]:
+        """Push data and return every complete message; FrameError on a bad frame."""
+        self.push(data)
+        messages = []
+        while (message := self.next()) is not None:
+            messages.append(message)
+        return messages
+
+    def push(self, data: bytes) -> None:
+        # Drop what was taken only now, so taking one message never moves
+        # the rest of a big buffer.
+        del self._buffer[:self._start]
+        self._start = 0
+        self._buffer += data
+
+    def next(self) -> Message | None:
+        """The next complete message, or None until more bytes are pushed.
 
         The header is checked before any of the body is awaited, so an
         oversized length is refused without buffering the body.
         """
-        self._buffer += data
-        messages = []
-        while len(self._buffer) >= HEADER.size:
-            kind, length = parse_header(bytes(self._buffer[: HEADER.size]))
-            end = HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            messages.append((kind, parse_body(bytes(self._buffer[HEADER.size : end]))))
-            del self._buffer[:end]
-        return messages
+        if not self.has_message():
+            return None
+        header_end = self._start + HEADER.size
+        kind, length = self._header()
+        body = bytes(self._buffer[header_end:header_end + length])
+        self._start = header_end + length
+        return kind, parse_body(body)
+
+    def has_message(self) -> bool:
+        """A whole message is buffered; FrameError if its header is bad."""
+        available = len(self._buffer) - self._start
+        if available < HEADER.size:
+            return False
+        _, length = self._header()
+        return available >= HEADER.size + length
+
+    def _header(self) -> tuple[Kind, int]:
+        header = bytes(self._buffer[self._start:self._start + HEADER.size])
+        return parse_header(header, self.limit)
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Bytes pushed and not yet taken as messages."""
+        return len(self._buffer) - self._start
