@@ -25,7 +25,7 @@ import yaml
 import superd
 from superd import cli, config
 from superd.commands import Commands
-from superd.protocol import Decoder, Kind, encode
+from superd.protocol import MAX_REQUEST, Decoder, Kind, encode
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -272,7 +272,8 @@ def test_every_wire_command_has_a_section() -> None:
 
 
 def test_every_error_code_is_documented() -> None:
-    codes = source_strings(r"(?:\.error|ReloadRefused)\(\s*\"([a-z_]+)\"")
+    codes = source_strings(r"(?:\.error|ReloadRefused)\(\s*\"([a-z_]+)\"") | \
+        source_strings(r"error_message\([^,()]+,\s*\"([a-z_]+)\"")
     assert {"bad_frame", "no_such_worker", "invalid_config"} <= codes  # the regex works
     assert set(table_keys(protocol_section("Error codes"))) == codes
 
@@ -355,7 +356,7 @@ def test_python_client_example_talks_to_a_daemon(tmp_path: Path) -> None:
 
     def serve() -> None:
         connection, _ = server.accept()
-        decoder = Decoder()
+        decoder = Decoder(MAX_REQUEST)
         with connection:
             while data := connection.recv(65536):
                 for _, request in decoder.feed(data):

@@ -516,6 +516,10 @@ class ControlServer:
         connections, self.connections = self.connections, set()
         return connections
 
+    def set_max_connections(self, limit: int) -> None:
+        """Serve at most this many connections from now on; open ones stay open."""
+        self.max_connections = limit
+
     def set_group(self, group: str | None) -> None:
         """Which group, besides root and the daemon's user, may send commands."""
         self.group_id = grp.getgrnam(group).gr_gid if group else None

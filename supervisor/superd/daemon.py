@@ -129,7 +129,7 @@ class Daemon:
         elif (old.socket_mode, old.socket_group) != (new.socket_mode, new.socket_group):
             set_socket_access(new.socket, plan.config)
             self.control.set_group(new.socket_group)
-        self.control.max_connections = new.max_connections  # open ones stay open
+        self.control.set_max_connections(new.max_connections)
 
     def _reload_on_signal(self) -> None:
         def report(result: dict[str, Any]) -> None:
