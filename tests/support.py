@@ -124,6 +124,14 @@ class Client:
             self.pending.extend(self.decoder.feed(data))
         return self.pending.pop(0)
 
+    def next_event(self, kind: str) -> dict[str, Any]:
+        """The next pushed event of this kind (the socket timeout bounds the wait)."""
+        while True:
+            message = self.receive()
+            assert message is not None, "daemon closed the event stream"
+            if message[0] is Kind.EVENT and message[1]["event"] == kind:
+                return message[1]
+
     def call(self, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         request_id = self.send(cmd, args)
         message = self.receive()

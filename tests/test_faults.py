@@ -12,12 +12,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from superd.protocol import Kind
-from support import Client, Superd, alive, wait_for
+from support import Superd, alive, wait_for
 
 PY = sys.executable
 
@@ -155,15 +153,6 @@ def test_out_of_fds_waits_in_backoff_without_giving_up(superd: Superd) -> None:
 
 # -- logs that cannot be written ---------------------------------------------------
 
-def next_event(client: Client, kind: str) -> dict[str, Any]:
-    """The first pushed event of this kind (the client's timeout bounds the wait)."""
-    while True:
-        message = client.receive()
-        assert message is not None, "daemon closed the event stream"
-        if message[0] is Kind.EVENT and message[1]["event"] == kind:
-            return message[1]
-
-
 def test_full_disk_under_a_worker_log_is_a_log_error_event(superd: Superd) -> None:
     small = superd.folder / "small"
     small.mkdir()
@@ -179,7 +168,7 @@ def test_full_disk_under_a_worker_log_is_a_log_error_event(superd: Superd) -> No
         events = superd.client()
         assert events.result("subscribe") == {}
         superd.call("start", {"names": ["filler"]})  # it floods the small disk
-        error = next_event(events, "log_error")
+        error = events.next_event("log_error")
         assert error["name"] == "filler" and error["path"] == str(out)
         assert error["message"] == "No space left on device"
         events.close()
@@ -200,7 +189,7 @@ def test_a_daemon_log_that_cannot_be_written_is_a_log_error_event(superd: Superd
     resource.prlimit(daemon, resource.RLIMIT_FSIZE, (1, limits[1]))
     try:
         superd.call("reopen")  # which logs a line
-        error = next_event(events, "log_error")
+        error = events.next_event("log_error")
     finally:
         resource.prlimit(daemon, resource.RLIMIT_FSIZE, limits)
     assert error["name"] is None and error["path"] == str(daemon_log)

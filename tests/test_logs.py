@@ -293,7 +293,7 @@ def test_unwritable_log_drops_counts_and_resumes(superd: Superd) -> None:
         assert row["pid"] == pid and row["state"] == "RUNNING"
     finally:
         resource.prlimit(daemon, resource.RLIMIT_FSIZE, limits)
-    error = next_event(events, "log_error")
+    error = events.next_event("log_error")
     assert error["name"] == "a" and error["path"] == str(out)
     assert "too large" in error["message"] and isinstance(error["time"], float)
     events.close()
@@ -304,15 +304,6 @@ def test_unwritable_log_drops_counts_and_resumes(superd: Superd) -> None:
     assert superd.status("a")["pid"] == pid
     result = superd.ctl("--json", "status", "a")
     assert '"log_dropped_bytes"' in result.stdout
-
-
-def next_event(client: Client, kind: str) -> dict[str, Any]:
-    """The first pushed event of this kind (the client's timeout bounds the wait)."""
-    while True:
-        message = client.receive()
-        assert message is not None, "daemon closed the event stream"
-        if message[0] is Kind.EVENT and message[1]["event"] == kind:
-            return message[1]
 
 
 def test_deleted_log_folder_is_created_again(superd: Superd) -> None:
