@@ -289,3 +289,22 @@ def test_startretries_forever_never_gives_up(tmp_path: Path) -> None:
         assert instance.state is State.BACKOFF
         runtime.fire()
     assert instance.failures == 200 and instance.state is State.STARTING
+
+
+def test_ready_at_once_leaves_no_start_timer_behind(tmp_path: Path) -> None:
+    """A TCP probe may connect while STARTING is announced: the try's start
+    timer must be gone then, or it would kill a later try early."""
+    runtime = FakeRuntime()
+    config = make_worker(tmp_path, ready=ReadyConfig("tcp", 8080), start_timeout=5.0)
+    instance = Instance(config, 0, runtime)
+    announce = runtime.transition
+
+    def ready_when_starting(instance: Instance, old: State, new: State) -> None:
+        announce(instance, old, new)
+        if new is State.STARTING:
+            instance.handle(Event.UP)
+
+    runtime.transition = ready_when_starting  # type: ignore[method-assign]
+    instance.handle(Event.START)
+    assert instance.state is State.RUNNING
+    assert not [timer for timer in runtime.timers if not timer.cancelled]

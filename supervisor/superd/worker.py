@@ -201,19 +201,24 @@ class Instance:
             return
         self._clear_shortage()
         self.started_at = time.monotonic()
+        # The start timer is armed before STARTING is announced: a listener
+        # may make the instance ready at once (a TCP probe that connects), and
+        # a timer armed after that would outlive this try.
+        self._timer = self._start_timer()
         self._enter(State.STARTING)
+        if self.config.ready.kind == "none" and self.config.startsecs <= 0:
+            self._mark_running()
+
+    def _start_timer(self) -> TimerHandle | None:
         if self.config.ready.kind != "none":
             # Readiness alone decides; startsecs plays no part.
-            if self.config.start_timeout > 0:
-                self._timer = self.runtime.call_later(
-                    self.config.start_timeout, lambda: self.handle(Event.TIMEOUT)
-                )
-        elif self.config.startsecs <= 0:
-            self._mark_running()
-        else:
-            self._timer = self.runtime.call_later(
-                self.config.startsecs, lambda: self.handle(Event.UP)
-            )
+            if self.config.start_timeout <= 0:
+                return None
+            return self.runtime.call_later(self.config.start_timeout,
+                                           lambda: self.handle(Event.TIMEOUT))
+        if self.config.startsecs <= 0:
+            return None
+        return self.runtime.call_later(self.config.startsecs, lambda: self.handle(Event.UP))
 
     def _spawn_failed(self, exc: OSError) -> None:
         self.pid = None
