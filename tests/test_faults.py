@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Superd, alive, wait_for
+from support import Superd, alive, small_disk, wait_for
 
 PY = sys.executable
 
@@ -154,13 +154,7 @@ def test_out_of_fds_waits_in_backoff_without_giving_up(superd: Superd) -> None:
 # -- logs that cannot be written ---------------------------------------------------
 
 def test_full_disk_under_a_worker_log_is_a_log_error_event(superd: Superd) -> None:
-    small = superd.folder / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_disk(superd.folder / "small") as small:
         out = small / "filler.out.log"
         superd.start({"filler": {"command": ["yes", "full"], "autostart": False,
                                  "startsecs": 0,
@@ -173,8 +167,6 @@ def test_full_disk_under_a_worker_log_is_a_log_error_event(superd: Superd) -> No
         assert error["message"] == "No space left on device"
         events.close()
         superd.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 def test_a_daemon_log_that_cannot_be_written_is_a_log_error_event(superd: Superd) -> None:

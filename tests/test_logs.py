@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from superd.protocol import Kind
-from support import Client, Superd, wait_for
+from support import Client, Superd, small_disk, wait_for
 
 PY = sys.executable
 # Numbered lines, one every `pause` seconds, forever.
@@ -316,13 +314,7 @@ def test_deleted_log_folder_is_created_again(superd: Superd) -> None:
 
 
 def test_full_filesystem_drops_counts_and_resumes(superd: Superd, tmp_path: Path) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_disk(tmp_path / "small") as small:
         out = small / "a.out.log"
         superd.start({"a": worker(["yes", "full"], stdout={"file": str(out), "maxbytes": 0})})
         pid = superd.wait_state("a", "RUNNING")["pid"]
@@ -332,8 +324,6 @@ def test_full_filesystem_drops_counts_and_resumes(superd: Superd, tmp_path: Path
         wait_for(lambda: out.exists() and out.stat().st_size > 0, what="writing to resume")
         assert superd.status("a")["pid"] == pid
         superd.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 
