@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,12 +201,23 @@ def test_slow_follower_is_cut_off_with_a_message(superd: Superd) -> None:
     assert superd.status("a")["state"] == "RUNNING"
 
 
-def test_superctl_logs_follow_exits_0_on_sigint(superd: Superd) -> None:
-    superd.start({"a": ticker(0.02)})
-    ctl = subprocess.Popen([PY, "-m", "superd.cli", "-s", superd.socket, "logs", "a",
+@contextlib.contextmanager
+def following(superd: Superd, name: str) -> Iterator[subprocess.Popen[str]]:
+    """`superctl logs NAME -f -n 1` running for the block; ended if still alive."""
+    ctl = subprocess.Popen([PY, "-m", "superd.cli", "-s", superd.socket, "logs", name,
                             "-f", "-n", "1"], env=superd.env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
+        yield ctl
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+
+
+def test_superctl_logs_follow_exits_0_on_sigint(superd: Superd) -> None:
+    superd.start({"a": ticker(0.02)})
+    with following(superd, "a") as ctl:
         assert ctl.stdout is not None
         lines = [ctl.stdout.readline() for _ in range(3)]
         numbers = line_numbers("".join(lines))
@@ -213,28 +225,17 @@ def test_superctl_logs_follow_exits_0_on_sigint(superd: Superd) -> None:
         ctl.send_signal(signal.SIGINT)
         assert ctl.wait(timeout=20) == 0
         assert ctl.stderr is not None and "Traceback" not in ctl.stderr.read()
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
-            ctl.wait()
 
 
 def test_superctl_logs_follow_exits_0_when_superd_goes_away(superd: Superd) -> None:
     superd.start({"a": ticker(0.02)})
-    ctl = subprocess.Popen([PY, "-m", "superd.cli", "-s", superd.socket, "logs", "a",
-                            "-f", "-n", "1"], env=superd.env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    try:
+    with following(superd, "a") as ctl:
         assert ctl.stdout is not None and ctl.stdout.readline()
         assert superd.ctl("shutdown").returncode == 0
         assert ctl.wait(timeout=20) == 0
         assert ctl.stderr is not None
         stderr = ctl.stderr.read()
         assert "superd went away" in stderr and "Traceback" not in stderr
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
-            ctl.wait()
 
 
 def test_status_answers_quickly_while_a_worker_floods(superd: Superd) -> None:

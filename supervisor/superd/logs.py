@@ -422,12 +422,14 @@ class Logs:
         entry = self.instances.get(name)
         if entry is not None and (entry.settings == settings or entry.captures):
             return entry
+        replaced = entry is not None
         out_path, err_path = log_paths(settings[0], name, stdout, stderr)
         entry = InstanceLogs(self._file(out_path, stdout),
                              None if err_path is None else self._file(err_path, stderr),
                              settings)
         self.instances[name] = entry
-        self._close_unused_files()
+        if replaced:  # only a replaced entry can leave a file unused (a scan of all)
+            self._close_unused_files()
         return entry
 
     def _file(self, path: str, settings: LogConfig) -> LogFile:
