@@ -60,6 +60,10 @@ def small_disk(folder: Path, size: str = "256k") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+def request_frame(request_id: int, cmd: str, args: dict[str, Any] | None = None) -> bytes:
+    return encode(Kind.REQUEST, {"id": request_id, "cmd": cmd, "args": args or {}})
+
+
 def reap_adopted() -> None:
     """Reap zombies re-parented to us (we are a subreaper)."""
     while True:
@@ -129,8 +133,7 @@ class Client:
     def send(self, cmd: str, args: dict[str, Any] | None = None) -> int:
         request_id = self.next_id
         self.next_id += 1
-        self.sock.sendall(encode(Kind.REQUEST, {"id": request_id, "cmd": cmd,
-                                                "args": args or {}}))
+        self.sock.sendall(request_frame(request_id, cmd, args))
         return request_id
 
     def receive(self) -> tuple[Kind, dict[str, Any]] | None:

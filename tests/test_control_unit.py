@@ -18,6 +18,7 @@ from superd import control
 from superd.control import ControlServer, Reply
 from superd.loop import Loop
 from superd.protocol import HEADER, MAX_REPLY, Decoder, Kind, encode
+from support import request_frame
 
 Dispatch = Callable[[str, dict[str, Any], Reply], None]
 
@@ -41,8 +42,7 @@ class Peer:
     def send(self, cmd: str, args: dict[str, Any] | None = None) -> int:
         request_id = self.next_id
         self.next_id += 1
-        self.sock.sendall(encode(Kind.REQUEST, {"id": request_id, "cmd": cmd,
-                                                "args": args or {}}))
+        self.sock.sendall(request_frame(request_id, cmd, args))
         return request_id
 
     def poll(self) -> list[dict[str, Any]]:
