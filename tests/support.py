@@ -236,14 +236,29 @@ class Superd:
     def log_file(self, instance: str, stream: str = "out") -> Path:
         return self.folder / "log" / f"{instance.replace(':', '_')}.{stream}.log"
 
+    @property
+    def keeper(self) -> int | None:
+        """The keeper process above the daemon (keeper.py), if it has one."""
+        stat = proc_stat(self.pid or 0)
+        if stat is None:
+            return None
+        try:
+            argv = Path(f"/proc/{stat[1]}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        return stat[1] if any(arg.endswith(b"keeper.py") for arg in argv) else None
+
     def stop(self) -> None:
-        """SIGTERM the daemon and wait for it to be gone, SIGKILL at the deadline."""
-        pid = self.pid
+        """SIGTERM the daemon and wait for it (and its keeper) to be gone,
+        SIGKILL at the deadline."""
+        pid, keeper = self.pid, self.keeper
         if pid is None or not alive(pid):
             return
         os.kill(pid, signal.SIGTERM)
         try:
             wait_for(lambda: not alive(pid), what="daemon exit")
+            if keeper is not None:
+                wait_for(lambda: not alive(keeper), what="keeper exit")
         except AssertionError:
             os.kill(pid, signal.SIGKILL)
             raise

@@ -69,6 +69,7 @@ class Commands:
         self.orchestrator = supervisor.orchestrator
         self.logs = supervisor.logs
         self.status = supervisor.status
+        self.launcher = supervisor.launcher
         self.daemon = daemon
         self.started_at = time.monotonic()
         self.subscribers = Subscribers(supervisor.bus)
@@ -100,9 +101,11 @@ class Commands:
 
     # -- commands ---------------------------------------------------------
     def cmd_ping(self, args: dict[str, Any], reply: Reply) -> None:
-        """Daemon version, pid and uptime in seconds."""
+        """Daemon version, pid, uptime in seconds, and what kills the workers
+        if superd dies."""
         reply.ok({"version": __version__, "pid": os.getpid(),
-                  "uptime": round(time.monotonic() - self.started_at, 3)})
+                  "uptime": round(time.monotonic() - self.started_at, 3),
+                  "guard": self.launcher.guard()})
 
     def cmd_status(self, args: dict[str, Any], reply: Reply) -> None:
         """One row per named instance (all when none are named)."""

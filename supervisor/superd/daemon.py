@@ -23,6 +23,8 @@ from .config import Config, ConfigError, find_path, load
 from .control import ControlServer
 from .daemonlog import DaemonLog, install
 from .events import reload_event
+from .keeper import become_keeper
+from .launcher import Launched
 from .listen import ListenError
 from .loop import Loop, Timer
 from .notify import SystemdNotifier, notify_ready, notify_reloading, notify_stopping
@@ -43,11 +45,13 @@ class StartupError(Exception):
 
 
 class Daemon:
-    def __init__(self, config: Config, daemon_log: str | None = None) -> None:
+    def __init__(self, config: Config, daemon_log: str | None = None,
+                 keeper_pid: int | None = None) -> None:
         worker_nofile = raise_nofile_limit()  # before superd opens its first fd
         self.running = RunningConfig(config)
         self.loop = Loop()
-        self.supervisor = Supervisor(self.running, self.loop, daemon_log, worker_nofile)
+        self.supervisor = Supervisor(self.running, self.loop, daemon_log,
+                                     Launched(worker_nofile, keeper_pid))
         self.commands = Commands(self.supervisor, self)
         self.pidfile_fd: int | None = None
         self.control: ControlServer | None = None
@@ -285,9 +289,9 @@ def _not_yet(signum: int) -> Callable[[], None]:
 # -- running ----------------------------------------------------------------
 def run_daemon(config: Config, ready: Callable[[str | None], None],
                systemd: bool = False, daemon_log: str | None = None,
-               own_log: DaemonLog | None = None) -> int:
+               own_log: DaemonLog | None = None, keeper_pid: int | None = None) -> int:
     """Start, report readiness (None) or the reason for failing, then serve."""
-    daemon = Daemon(config, daemon_log)
+    daemon = Daemon(config, daemon_log, keeper_pid)
     if own_log is not None:
         own_log.attach(daemon.loop.call_later, daemon.supervisor.bus.publish)
     try:
@@ -328,8 +332,12 @@ def detach(config: Config) -> int:
         return _await_readiness(read_end, config)
     os.close(read_end)
     os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
+    become_subreaper()  # before the fork: from then on, orphans come to us
+    daemon_pid = os.fork()
+    if daemon_pid > 0:
+        os.close(write_end)
+        become_keeper(daemon_pid)
+    keeper_pid = os.getppid()
     os.chdir("/")
     _redirect_stdio(config.daemon.log_file)
     own_log = setup_logging(timestamps=True, path=config.daemon.log_file)
@@ -340,7 +348,8 @@ def detach(config: Config) -> int:
 
     code = 1
     try:
-        code = run_daemon(config, ready, daemon_log=config.daemon.log_file, own_log=own_log)
+        code = run_daemon(config, ready, daemon_log=config.daemon.log_file, own_log=own_log,
+                          keeper_pid=keeper_pid)
     except BaseException:
         log.exception("superd crashed")
     finally:
@@ -354,7 +363,7 @@ def _await_readiness(read_end: int, config: Config) -> int:
             break
         data += chunk
     os.close(read_end)
-    os.wait()  # the intermediate child exits at once
+    # The intermediate process stays, as the daemon's keeper (keeper.py).
     message = data.decode(errors="replace").strip()
     if message == "ok":
         return 0

@@ -212,6 +212,12 @@ class DaemonLog:
 
 
 def install(logger: logging.Logger, fd: int, path: str, fmt: str) -> DaemonLog:
+    # No record needs its caller's file and line, thread or process: finding
+    # them was most of the cost of a log line (logging's documented switches).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     writer = LogWriter(fd, path)
     writer.setFormatter(logging.Formatter(fmt))
     limiter = RepeatLimiter(writer)

@@ -11,7 +11,9 @@ import logging
 import os
 import pwd
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from .keeper import guard, guarded
 from .listen import Listeners
 from .logs import Logs
 from .spawn import SpawnSpec, spawn
@@ -20,25 +22,37 @@ from .worker import Instance
 log = logging.getLogger("superd")
 
 
+@dataclass(frozen=True)
+class Launched:
+    """How superd itself was started, as far as its workers are concerned."""
+
+    nofile: int | None = None  # RLIMIT_NOFILE soft limit for workers (None: superd's)
+    keeper_pid: int | None = None  # the keeper above a detached superd (keeper.py)
+
+
 class Launcher:
     def __init__(self, logs: Logs, sockets: Listeners,
-                 notify_address: Callable[[], str | None], nofile: int | None = None) -> None:
+                 notify_address: Callable[[], str | None], launched: Launched) -> None:
         self.logs = logs
         self.sockets = sockets
         self.notify_address = notify_address  # the NOTIFY_SOCKET for `ready: notify`
-        self.nofile = nofile  # RLIMIT_NOFILE soft limit for workers (None: superd's)
+        self.launched = launched
 
     def launch(self, instance: Instance) -> int:
         """Fork and exec the instance's command; its pid (OSError if not)."""
         worker = instance.config
         try:
             with self.logs.child_stdio(instance.name, worker.stdout, worker.stderr) as stdio:
-                pid = spawn(self.spec(instance, *stdio))
+                pid = spawn(self.spec(instance, *stdio), guarded(self.launched.keeper_pid))
         except OSError as exc:
             log.error("%s: cannot start: %s", instance.name, exc)
             raise
         log.info("%s: spawned pid %d: %s", instance.name, pid, " ".join(worker.command))
         return pid
+
+    def guard(self) -> str:
+        """What kills the workers if superd dies (keeper.guard)."""
+        return guard(self.launched.keeper_pid)
 
     def spec(self, instance: Instance, stdout: int, stderr: int) -> SpawnSpec:
         worker = instance.config
@@ -46,7 +60,7 @@ class Launcher:
                          directory=worker.directory, umask=worker.umask, user=worker.user,
                          stdout_fd=stdout, stderr_fd=stderr,
                          listen_fds=self.sockets.fds(worker.sockets),
-                         listen_names=worker.sockets, nofile=self.nofile)
+                         listen_names=worker.sockets, nofile=self.launched.nofile)
 
     def environment(self, instance: Instance) -> dict[str, str]:
         env = dict(os.environ)

@@ -1,12 +1,24 @@
-"""Starting a worker process: fork, then the child side up to exec.
+"""Starting a worker process: vfork and exec when that is safe, else fork.
 
-The child never returns into the daemon's code: any failure before exec is
-written to its stderr (the worker's log) and ends the child with status 127,
-which the parent sees as a failed start like any other.
+`os.fork()` of a daemon-sized interpreter costs milliseconds (page tables,
+then copy-on-write faults in the parent); a vfork-based spawn costs a tenth
+of that.  But only a forked child can run Python code before exec, and
+PR_SET_PDEATHSIG, which kills a worker when superd dies, must be set by the
+child itself.  So the vfork path is taken only when something else already
+guarantees that (see keeper.py: `guarded`), and only for workers it can
+start exactly as the forked path would (no user switch, no listening
+sockets to move onto fds 3..).
+
+On the forked path the child never returns into the daemon's code: any
+failure before exec is written to its stderr (the worker's log) and ends the
+child with status 127, which the parent sees as a failed start like any
+other.  A vfork child that cannot exec is reaped at once and the start is
+retried on the forked path, so that failure looks the same.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]
 import ctypes
 import fcntl
 import functools
@@ -15,8 +27,17 @@ import pwd
 import resource
 import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+try:
+    import _posixsubprocess
+except ImportError:  # not CPython on a POSIX system: the forked path only
+    _posixsubprocess = None  # type: ignore[assignment]
+
+_ALL_SIGNALS = tuple(int(signum) for signum in signal.valid_signals())
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 EXEC_FAILED = 127
@@ -39,14 +60,30 @@ class SpawnSpec:
     nofile: int | None = None
 
 
-def spawn(spec: SpawnSpec) -> int:
-    """Fork a worker in its own session and return its pid (the group id too)."""
+def spawn(spec: SpawnSpec, guarded: bool = False) -> int:
+    """Start a worker in its own session and return its pid (the group id too).
+
+    guarded: something other than PR_SET_PDEATHSIG kills it if superd dies."""
+    if guarded and fits_vfork(spec):
+        pid = _vfork_exec(spec)
+        if pid is not None:
+            return pid
+    return _fork_exec(spec)
+
+
+def fits_vfork(spec: SpawnSpec) -> bool:
+    return _VFORK_EXEC is not None and spec.user is None and not spec.listen_fds
+
+
+def _fork_exec(spec: SpawnSpec) -> int:
     parent = os.getpid()
     # Until the child has dropped the daemon's handlers and wake-up pipe, a
     # signal sent to it (a quick `stop`) would be written to that pipe and
     # read by the daemon as its own SIGTERM; so signals wait, blocked, until
     # _reset_signals() has run.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    # _signal's own pthread_sigmask: signal's wrapper turns every signal
+    # number into an enum member, which cost more than the fork itself.
+    blocked = _signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:
@@ -57,8 +94,86 @@ def spawn(spec: SpawnSpec) -> int:
             finally:
                 os._exit(EXEC_FAILED)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return pid
+
+
+def _vfork_exec(spec: SpawnSpec) -> int | None:
+    """vfork+exec through CPython's own C child code (what subprocess uses):
+    new session, default signal handlers, empty mask, umask, folder, stdio.
+    None if the child could not exec (it has been reaped)."""
+    assert _VFORK_EXEC is not None
+    env = _pass_listen_fds(spec)
+    error_read, error_write = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _nofile_for_children(spec.nofile):
+            pid = _VFORK_EXEC(spec.argv, _candidates(spec.argv[0], env), spec.directory,
+                              [os.fsencode(f"{key}={value}") for key, value in env.items()],
+                              null, spec.stdout_fd, spec.stderr_fd, error_read, error_write,
+                              spec.umask)
+    finally:
+        os.close(null)
+        os.close(error_write)
+    try:
+        # The parent resumes only once the child has exec'd (closing its end)
+        # or has written why not and exited: this read does not wait.
+        failed = os.read(error_read, 512)
+    finally:
+        os.close(error_read)
+    if failed:
+        os.waitpid(pid, 0)
+        return None
+    return pid
+
+
+def _candidates(program: str, env: dict[str, str]) -> tuple[bytes, ...]:
+    """The paths exec tries for program, as os.execvpe would search them."""
+    name = os.fsencode(program)
+    if os.path.dirname(name):
+        return (name,)
+    return tuple(os.path.join(os.fsencode(folder), name) for folder in os.get_exec_path(env))
+
+
+@contextmanager
+def _nofile_for_children(soft: int | None) -> Iterator[None]:
+    """Lower our own RLIMIT_NOFILE soft limit for the instant of a vfork, so the
+    child inherits the limit superd was started with."""
+    current = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = current[0] if soft is None else _clamped_nofile(soft, current[1])
+    if wanted == current[0]:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, current[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, current)
+
+
+def _vfork_exec_call() -> Callable[..., int] | None:
+    """fork_exec with the fixed arguments of this CPython version, or None."""
+    if _posixsubprocess is None or not sys.platform.startswith("linux"):
+        return None
+    fork_exec: Callable[..., int] = getattr(_posixsubprocess, "fork_exec")  # noqa: B009
+    if sys.version_info[:2] == (3, 10):
+        def call(argv: Any, executables: Any, cwd: str, env: Any, stdin: int, stdout: int,
+                 stderr: int, error_read: int, error_write: int, umask: int) -> int:
+            return fork_exec(argv, executables, False, (error_write,), cwd, env,
+                             stdin, -1, -1, stdout, -1, stderr, error_read, error_write,
+                             True, True, None, None, None, umask, None)
+        return call
+    if (3, 11) <= sys.version_info[:2] <= (3, 13):
+        def call(argv: Any, executables: Any, cwd: str, env: Any, stdin: int, stdout: int,
+                 stderr: int, error_read: int, error_write: int, umask: int) -> int:
+            return fork_exec(argv, executables, False, (error_write,), cwd, env,
+                             stdin, -1, -1, stdout, -1, stderr, error_read, error_write,
+                             True, True, -1, None, None, None, umask, None, True)
+        return call
+    return None  # an argument list this module has not been checked against
+
+
+_VFORK_EXEC = _vfork_exec_call()
 
 
 def _become_worker(spec: SpawnSpec, parent: int) -> None:
@@ -125,9 +240,13 @@ def _pass_listen_fds(spec: SpawnSpec) -> dict[str, str]:
 def _lower_nofile(soft: int) -> None:
     """Give the worker the limit superd was started with, not superd's raised one."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_clamped_nofile(soft, hard), hard))
+
+
+def _clamped_nofile(soft: int, hard: int) -> int:
     if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft > hard):
-        soft = hard  # the hard limit was lowered since superd started
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return hard  # the hard limit was lowered since superd started
+    return soft
 
 
 def _switch_user(user: str) -> None:

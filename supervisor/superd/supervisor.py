@@ -19,7 +19,7 @@ from .apply import Reconfigurer
 from .config import WorkerConfig
 from .events import EventBus, log_error_event, state_event
 from .exits import describe_exit
-from .launcher import Launcher, signal_group
+from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
 from .loop import Loop, Timer
@@ -39,7 +39,7 @@ log = logging.getLogger("superd")
 
 class Supervisor:
     def __init__(self, running: RunningConfig, loop: Loop,
-                 daemon_log: str | None = None, worker_nofile: int | None = None) -> None:
+                 daemon_log: str | None = None, launched: Launched | None = None) -> None:
         self.running = running
         self.loop = loop
         self.bus = EventBus()
@@ -50,7 +50,7 @@ class Supervisor:
         self.notify_server: NotifyServer | None = None
         self.logs = Logs(running, loop, self._log_failed, daemon_log)
         self.launcher = Launcher(self.logs, self.sockets, self._notify_address,
-                                 worker_nofile)
+                                 launched or Launched())
         self.status = StatusReport(self.registry, self.logs)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
                                          self.new_instance)
