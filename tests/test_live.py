@@ -267,7 +267,10 @@ class Subscriber:
 
 
 def test_many_subscribers_one_stuck_while_workers_churn(superd: Superd) -> None:
-    churn = {"command": ["true"], "startsecs": 0, "autorestart": "always", "numprocs": 2}
+    # Each churn process lives a few ms: restarting at once, `true` churns
+    # faster than 49 readers pumped by one Python process on 2 cores can read.
+    churn = {"command": ["sleep", "0.005"], "startsecs": 0, "autorestart": "always",
+             "numprocs": 2}
     superd.start({"steady": worker(SLEEPER), "churn": dict(churn, autostart=False)})
     stuck = subscribe(superd, receive_buffer=4096)
     readers = [Subscriber(subscribe(superd)) for _ in range(49)]
@@ -278,8 +281,9 @@ def test_many_subscribers_one_stuck_while_workers_churn(superd: Superd) -> None:
     superd.call("start", {"names": ["churn"], "wait": False})
     status_times = []
     status_client = superd.client()
-    deadline = time.monotonic() + DEADLINE
-    # Churn until the daemon has cut the stuck subscriber off.
+    # Churn until the daemon has cut the stuck subscriber off (it must queue
+    # 256 KiB of events first, which takes a while on a loaded machine).
+    deadline = time.monotonic() + 3 * DEADLINE
     while not peer_closed(stuck):
         assert time.monotonic() < deadline, "the stuck subscriber was never cut off"
         began = time.monotonic()
