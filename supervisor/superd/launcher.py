@@ -37,6 +37,8 @@ class Launcher:
         self.sockets = sockets
         self.notify_address = notify_address  # the NOTIFY_SOCKET for `ready: notify`
         self.launched = launched
+        # superd's environment never changes: decode os.environ once, not per spawn.
+        self.base_environment = dict(os.environ)
 
     def launch(self, instance: Instance) -> int:
         """Fork and exec the instance's command; its pid (OSError if not)."""
@@ -63,7 +65,7 @@ class Launcher:
                          listen_names=worker.sockets, nofile=self.launched.nofile)
 
     def environment(self, instance: Instance) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(self.base_environment)
         if instance.config.user is not None:
             env.update(user_environment(instance.config.user))
         env.update(instance.config.environment)

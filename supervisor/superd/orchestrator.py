@@ -71,6 +71,7 @@ class Orchestrator:
         if instance in self._held:
             return
         self._held.add(instance)
+        self.waiters.wake(instance)  # held: no longer settled for its own waiters
         self.waiters.wait(needed, self.start_settled,
                           lambda: self._dependencies_settled(instance, needed))
 
@@ -82,7 +83,7 @@ class Orchestrator:
         if failed:
             log.error("%s: not started: dependency %s is not running", instance.name,
                       ", ".join(failed))
-            self.waiters.wake()
+            self.waiters.wake(instance)
             return
         instance.handle(Event.START)
 
@@ -97,7 +98,10 @@ class Orchestrator:
     def stop_in_order(self, instances: list[Instance], callback: Callable[[], None]) -> None:
         """Stop dependents before what they depend on; call back when all stopped."""
         depends_on = self.running.depends_on()
-        self._held.difference_update(instances)
+        released = self._held.intersection(instances)
+        self._held.difference_update(released)
+        for instance in released:
+            self.waiters.wake(instance)
         by_worker: dict[str, list[Instance]] = {}
         for instance in instances:
             by_worker.setdefault(instance.config.name, []).append(instance)

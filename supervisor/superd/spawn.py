@@ -116,15 +116,26 @@ def _vfork_exec(spec: SpawnSpec) -> int | None:
         os.close(null)
         os.close(error_write)
     try:
-        # The parent resumes only once the child has exec'd (closing its end)
-        # or has written why not and exited: this read does not wait.
-        failed = os.read(error_read, 512)
+        failed = _exec_error(error_read)
     finally:
         os.close(error_read)
     if failed:
         os.waitpid(pid, 0)
         return None
     return pid
+
+
+def _exec_error(error_read: int) -> bytes:
+    """What the vfork child wrote before it gave up, without waiting: the
+    parent resumes when the child has either written and exited, or passed
+    exec's point of no return.  In the second case the kernel has yet to
+    close the child's close-on-exec descriptors (thousands, with a thousand
+    workers), so the pipe is empty but not closed: that is success too."""
+    os.set_blocking(error_read, False)
+    try:
+        return os.read(error_read, 512)
+    except BlockingIOError:
+        return b""
 
 
 def _candidates(program: str, env: dict[str, str]) -> tuple[bytes, ...]:

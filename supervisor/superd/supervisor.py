@@ -79,7 +79,7 @@ class Supervisor:
         ready = instance.config.ready
         if new is State.STARTING and ready.kind == "tcp" and ready.port is not None:
             TcpProbe(self.loop, instance, ready.port)
-        self.waiters.wake()
+        self.waiters.wake(instance)
 
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
