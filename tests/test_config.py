@@ -7,6 +7,7 @@ import os
 import signal
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -790,3 +791,15 @@ def test_startretries_forever_and_start_timeout(tmp_path: Path) -> None:
     text = "workers:\n  web: {command: x, startretries: forever, start_timeout: 500ms}\n"
     web = load_text(tmp_path, text).workers["web"]
     assert web.startretries == math.inf and web.start_timeout == 0.5
+
+
+@given(st.decimals(min_value=0, max_value=10**6, allow_nan=False, places=4),
+       st.sampled_from(["", "ms", "s", "m", "h"]), st.sampled_from(["", "k", "MB", "GiB"]))
+def test_durations_and_sizes_are_exact(number: Any, duration_unit: str, size_unit: str) -> None:
+    from fractions import Fraction
+
+    text = format(number, "f")
+    seconds = {"": 1, "ms": Fraction(1, 1000), "s": 1, "m": 60, "h": 3600}[duration_unit]
+    assert config.parse_duration(text + duration_unit) == float(Fraction(text) * seconds)
+    size = {"": 1, "k": 1024, "MB": 1024**2, "GiB": 1024**3}[size_unit]
+    assert config.parse_size(text + size_unit) == int(Fraction(text) * size)

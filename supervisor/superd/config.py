@@ -7,9 +7,7 @@ the plain Python objects that ``yaml.safe_load`` builds have lost them.
 
 from __future__ import annotations
 
-import difflib
 import grp
-import ipaddress
 import math
 import os
 import pwd
@@ -19,7 +17,6 @@ import signal
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from fractions import Fraction
 from typing import NamedTuple, TypeVar
 
 import yaml
@@ -180,19 +177,26 @@ def find_path(cli_value: str | None) -> str:
 
 _NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))"
 _DURATION = re.compile(_NUMBER + r"\s*(ms|s|m|h)?", re.ASCII)
-_DURATION_UNITS = {
-    "ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600),
-}
+_DURATION_UNITS = {"ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1)}
 
 _SIZE = re.compile(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?|b)?", re.ASCII | re.IGNORECASE)
 _SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _exact(number: str) -> tuple[int, int]:
+    """A decimal number as written (see _NUMBER), as numerator and denominator.
+    (Not fractions.Fraction: it brings decimal, a megabyte the daemon keeps.)"""
+    whole, _, fraction = number.partition(".")
+    return int(whole + fraction), 10 ** len(fraction)
 
 
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string like "500ms", "1.5s", "5m", "1h"."""
     if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         # Exact arithmetic, so "7ms" is the float nearest 7/1000, not 7 * 0.001.
-        seconds = float(Fraction(match[1]) * _DURATION_UNITS[match[2] or "s"])
+        numerator, denominator = _exact(match[1])
+        times, per = _DURATION_UNITS[match[2] or "s"]
+        seconds = numerator * times / (denominator * per)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
@@ -207,7 +211,8 @@ def parse_duration(value: object) -> float:
 def parse_size(value: object) -> int:
     """Bytes from a number or a string like "10KB", "50MB", "1GiB" (powers of 1024)."""
     if isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
-        size = int(Fraction(match[1]) * _SIZE_UNITS.get((match[2] or "").lower(), 1))
+        numerator, denominator = _exact(match[1])
+        size = numerator * _SIZE_UNITS.get((match[2] or "").lower(), 1) // denominator
     elif isinstance(value, int) and not isinstance(value, bool):
         size = value
     else:
@@ -424,6 +429,8 @@ def _add_entry(
 
 
 def _unknown_key_message(key: str, allowed: Collection[str]) -> str:
+    import difflib  # only for a config with a typo
+
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"did you mean '{close[0]}'?" if close else "expected one of " + ", ".join(allowed)
     return f"unknown key ({hint})"
@@ -506,6 +513,8 @@ def _tcp_address(value: str) -> str:
     host, port = match[1], int(match[2])
     if host.startswith("["):
         try:
+            import ipaddress  # only for an IPv6 address
+
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             raise ValueError(f"not an IPv6 address: {host}") from None

@@ -44,6 +44,10 @@ def resource_shortage(exc: OSError) -> str | None:
     return f"cannot start: {reason} ({errno.errorcode[exc.errno]}); retrying"
 
 
+# One generator for every instance (each random.Random holds 2.5 KB of state).
+_JITTER = random.Random()
+
+
 def backoff_delay(initial: float, cap: float, failures: int, rng: random.Random) -> float:
     """Exponential in the number of failures, capped, with jitter in [d/2, d]."""
     delay = min(cap, initial * 2.0 ** max(0, failures - 1))
@@ -65,7 +69,6 @@ class Instance:
         self.shortage: str | None = None  # why superd cannot spawn it, while that holds
         self.shortages = 0  # spawns in a row that failed for lack of resources
         self.start_after_stop = False
-        self.rng = random.Random()
         self._timer: TimerHandle | None = None
         self.status_text = ""  # the worker's last sd_notify STATUS=
 
@@ -133,7 +136,7 @@ class Instance:
             self._enter(State.FATAL)
             return
         backoff = self.config.backoff
-        delay = backoff_delay(backoff.initial, backoff.max, self.failures, self.rng)
+        delay = backoff_delay(backoff.initial, backoff.max, self.failures, _JITTER)
         self._enter(State.BACKOFF)
         self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
 
@@ -150,7 +153,7 @@ class Instance:
         self._cancel_timer()
         self.shortages += 1
         backoff = self.config.backoff
-        delay = backoff_delay(backoff.initial, backoff.max, self.shortages, self.rng)
+        delay = backoff_delay(backoff.initial, backoff.max, self.shortages, _JITTER)
         self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
         if self.state is not State.BACKOFF:
             self._enter(State.BACKOFF)
