@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import pwd
 import resource
 import signal
 import subprocess
@@ -180,3 +181,19 @@ def test_foreground_daemon_sigkilled_leaves_no_worker(superd: Superd) -> None:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_workers_of_another_user_and_with_sockets_die_with_superd(superd: Superd) -> None:
+    # Both take the forked path (PDEATHSIG) even under a keeper.
+    superd.start({"other": worker(SLEEPER, user="nobody", directory="/"),
+                  "listener": worker(SLEEPER, sockets=["web"])},
+                 sockets={"web": {"listen": "tcp://127.0.0.1:0"}})
+    rows = wait_for(lambda: all((rows := superd.status()) and [r["pid"] for r in rows])
+                    and rows, what="pids")
+    other = next(r["pid"] for r in rows if r["name"] == "other")
+    assert os.stat(f"/proc/{other}").st_uid == pwd.getpwnam("nobody").pw_uid
+    os.kill(superd.pid or 0, signal.SIGKILL)
+    wait_for(lambda: not any(alive(r["pid"]) for r in rows), what="workers to die")
+    wait_for(lambda: not pids_tagged(superd.tag), what="no tagged process left")
+    reap_adopted()
