@@ -7,6 +7,7 @@ import contextlib
 import functools
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -181,7 +182,24 @@ def test_colour_keeps_alignment() -> None:
     painted = cli.status_table(STATUS_ROWS, colour=True)
     assert "\x1b[32mRUNNING\x1b[0m" in painted[1]
     assert "\x1b[31mFATAL\x1b[0m" in painted[2]
-    assert [cli.ANSI_ESCAPE.sub("", line) for line in painted] == plain
+    assert [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in painted] == plain
+
+
+def test_render_table_pads_columns_and_trims_line_ends() -> None:
+    table = [["NAME", "STATE", "NOTE"], ["web:10", "RUNNING", ""], ["db", "FATAL", "exit 1"]]
+    assert cli.render_table(table) == [
+        "NAME    STATE    NOTE",
+        "web:10  RUNNING",
+        "db      FATAL    exit 1",
+    ]
+
+
+def test_no_color_env_disables_colour(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not cli.wants_colour()
+    monkeypatch.delenv("NO_COLOR")
+    assert cli.wants_colour()
 
 
 # --- commands against the fake daemon ---------------------------------------
