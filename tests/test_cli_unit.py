@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
+import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -14,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import superd
-from superd import cli
+from superd import cli, cliargs
 from superd.client import Client, CommandFailed, DaemonUnreachable
 from superd.protocol import MAX_REQUEST, Decoder, Kind, encode
 
@@ -176,7 +182,16 @@ def test_colour_keeps_alignment() -> None:
     painted = cli.status_table(STATUS_ROWS, colour=True)
     assert "\x1b[32mRUNNING\x1b[0m" in painted[1]
     assert "\x1b[31mFATAL\x1b[0m" in painted[2]
-    assert [cli.ANSI_ESCAPE.sub("", line) for line in painted] == plain
+    assert [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in painted] == plain
+
+
+def test_render_table_pads_columns_and_trims_line_ends() -> None:
+    table = [["NAME", "STATE", "NOTE"], ["web:10", "RUNNING", ""], ["db", "FATAL", "exit 1"]]
+    assert cli.render_table(table) == [
+        "NAME    STATE    NOTE",
+        "web:10  RUNNING",
+        "db      FATAL    exit 1",
+    ]
 
 
 def test_no_color_env_disables_colour(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -432,6 +447,130 @@ def test_socket_option_never_imports_yaml(tmp_path: Path) -> None:
     )
     assert done.stdout == "4 []\n"
     assert "Traceback" not in done.stderr
+
+
+# --- the quick command line parser -----------------------------------------
+
+# Anything, and forms close to the common ones (where the two parsers could
+# disagree without either refusing).
+TOKENS = [
+    "-s", "-c", "--socket", "--config", "--json", "--no-wait", "--socket=x", "-sx", "--sock",
+    "-h", "--help", "--", "-9", "-n", "5", "-f", "--stderr", "", "x", "web", "all", "HUP",
+    *cli.COMMANDS, "bogus",
+]
+GLOBAL_OPTIONS = [["-s", "x"], ["-c", "f.yaml"], ["--socket", ""], ["--config", "f"], ["--json"]]
+AFTER_COMMAND = ["--json", "--no-wait", "web", "all", "HUP", "", "status"]
+ARGVS = st.lists(st.sampled_from(TOKENS), max_size=7) | st.builds(
+    lambda options, command, rest: [token for option in options for token in option]
+    + [command, *rest],
+    st.lists(st.sampled_from(GLOBAL_OPTIONS), max_size=2),
+    st.sampled_from(list(cli.COMMANDS)),
+    st.lists(st.sampled_from(AFTER_COMMAND), max_size=4),
+)
+
+
+@functools.cache
+def argparse_parser() -> argparse.ArgumentParser:
+    return cliargs.build_parser(cli.COMMANDS)
+
+
+def parsed_by_argparse(argv: list[str]) -> cliargs.Args | None:
+    """What argparse makes of argv, or None where it exits (usage error, help)."""
+    quiet = io.StringIO()
+    with contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):
+        try:
+            return cliargs.Args(**vars(argparse_parser().parse_args(argv)))
+        except SystemExit:
+            return None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(ARGVS)
+def test_quick_parser_agrees_with_argparse_wherever_it_answers(argv: list[str]) -> None:
+    quick = cliargs.quick_parse(argv)
+    if quick is not None:
+        assert quick == parsed_by_argparse(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-s", "x", "status"],
+        ["-s", "x", "--json", "status", "web:0", "db"],
+        ["--socket", "x", "status", "--json"],
+        ["-c", "superd.yaml", "ping"],
+        ["ping"],
+        ["start", "--no-wait", "web", "db"],
+        ["-s", "x", "restart", "web", "--no-wait", "--json"],
+        ["-s", "x", "stop", "all"],
+        ["signal", "HUP", "web"],
+        ["shutdown"], ["reopen"], ["reload"], ["events", "--json"],
+    ],
+)
+def test_common_forms_skip_argparse(argv: list[str]) -> None:
+    quick = cliargs.quick_parse(argv)
+    assert quick is not None
+    assert quick == parsed_by_argparse(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [], ["-h"], ["status", "--help"], ["--sock", "x", "ping"], ["--socket=x", "ping"],
+        ["-s", "x", "-c", "y", "ping"], ["-s", "x", "-s", "y", "ping"], ["-s"], ["-s", "-c"],
+        ["bogus"], ["start"], ["ping", "extra"], ["status", "--no-wait"], ["signal", "HUP"],
+        ["status", "-x"], ["logs", "web:0"], ["signal", "HUP", "--json", "web"],
+    ],
+)
+def test_the_rest_is_left_to_argparse(argv: list[str]) -> None:
+    assert cliargs.quick_parse(argv) is None
+
+
+def test_every_command_is_in_the_argparse_grammar() -> None:
+    subparsers = next(a for a in argparse_parser()._actions if a.dest == "command")
+    assert subparsers.choices is not None
+    assert set(subparsers.choices) == set(cli.COMMANDS)
+    assert set(cliargs.QUICK_GRAMMAR) == set(cli.COMMANDS) - {"logs"}
+
+
+# --- start-up cost ------------------------------------------------------------
+
+# What the common commands must not import: each costs a run of superctl
+# milliseconds (typing, argparse and its parser, the enums that socket and
+# signal build), the config (yaml) only when it is asked for.
+LAZY_MODULES = ("argparse", "typing", "socket", "signal", "superd.exits", "yaml",
+                "superd.config")
+
+
+def any_answer(request: dict[str, Any]) -> dict[str, Any]:
+    if request["cmd"] == "ping":
+        return ok({"version": "0.1.0", "pid": 1, "uptime": 1})
+    if request["cmd"] == "status":
+        return ok(STATUS_ROWS[:1])
+    return ok([{"name": "web:0", "state": "RUNNING", "ok": True, "error": None}])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["status"], ["--json", "status", "web"], ["ping"], ["start", "web"], ["stop", "web"],
+     ["restart", "--no-wait", "web"]],
+)
+def test_common_commands_import_only_what_they_need(
+    serve: Callable[[Answer], FakeDaemon], argv: list[str]
+) -> None:
+    daemon = serve(any_answer)
+    script = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from superd.cli import main\n"
+        f"rc = main(['-s', {daemon.path!r}, *{argv!r}])\n"
+        f"print(rc, sorted((set(sys.modules) - before) & set({LAZY_MODULES!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "0 []"
+    assert done.stderr == ""
 
 
 # --- the client -------------------------------------------------------------

@@ -52,11 +52,14 @@ def test_exit_descriptions() -> None:
     assert describe_wait_status(status) == "exited 3"
 
 
-def test_superctl_and_the_daemon_describe_exits_with_one_function() -> None:
-    from superd import cli, status
+def test_superctl_and_the_daemon_describe_exits_with_one_function(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from superd import cli, exits, status
 
-    assert cli.describe_exit is describe_exit
     assert status.describe_exit is describe_exit
+    # superctl imports it only when a row needs it, from the same module.
+    monkeypatch.setattr(exits, "describe_exit", lambda exit_status: f"told {exit_status}")
+    assert cli.describe_exit(-9) == "told -9"
 
 
 def test_config_keys_come_from_the_dataclasses() -> None:

@@ -2,22 +2,29 @@
 
 Exit codes: 0 ok, 1 a command failed, 2 usage or config error,
 3 `status` found an instance not RUNNING, 4 daemon unreachable.
+
+A run of superctl is mostly Python starting and importing, so what only some
+commands need is imported where they need it: argparse (cliargs.py), the
+config with its YAML library, signal names (superd.exits), typing never.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
-import re
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
+from superd.cliargs import Args, parse_args
 from superd.client import Client, CommandFailed, DaemonUnreachable
-from superd.exits import describe_exit
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    Row: TypeAlias = dict[str, Any]
+    Handler: TypeAlias = Callable[[Client, Args], int]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -34,10 +41,6 @@ STATE_COLOURS = {
     "FATAL": "31",
     "EXITED": "31",
 }
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-Row = dict[str, Any]
-Handler = Callable[[Client, argparse.Namespace], int]
 
 
 class ConfigUnavailable(Exception):
@@ -85,6 +88,14 @@ def format_cpu(percent: float | None) -> str:
     return "-" if percent is None else f"{percent:.1f}"
 
 
+def describe_exit(exit_status: int) -> str:
+    """superd.exits.describe_exit, imported only for the rows that need it:
+    its signal names cost an import of signal, which builds three enums."""
+    from superd import exits
+
+    return exits.describe_exit(exit_status)
+
+
 def exit_note(row: Row) -> str:
     """Why it is not running: the daemon's description (a resource superd lacks,
     the last exit), else the last exit in words."""
@@ -106,20 +117,12 @@ def wants_colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
-def visible_width(cell: str) -> int:
-    return len(ANSI_ESCAPE.sub("", cell))
-
-
 def render_table(table: list[list[str]]) -> list[str]:
-    """Left-align every column; cells may carry colour escapes."""
-    widths = [max(visible_width(row[i]) for row in table) for i in range(len(table[0]))]
-    return [
-        "  ".join(
-            cell + " " * (width - visible_width(cell))
-            for cell, width in zip(row, widths, strict=True)
-        ).rstrip()
-        for row in table
-    ]
+    """Left-align every column of plain cells."""
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+    # One format for every row: a thousand rows are formatted in a millisecond.
+    line = "  ".join(f"{{:<{width}}}" for width in widths)
+    return [line.format(*row).rstrip() for row in table]
 
 
 def status_table(rows: list[Row], colour: bool) -> list[str]:
@@ -138,7 +141,7 @@ def status_table(rows: list[Row], colour: bool) -> list[str]:
         header.append("STATUS")
     table = [header]
     for row, note in zip(rows, notes, strict=True):
-        cells = status_cells(row, colour)
+        cells = status_cells(row)
         if show_usage:
             cells += [format_cpu(row.get("cpu_percent")), format_bytes(row.get("rss_bytes"))]
         if show_notes:
@@ -146,16 +149,27 @@ def status_table(rows: list[Row], colour: bool) -> list[str]:
         if show_text:
             cells.append(str(row.get("status_text") or ""))
         table.append(cells)
-    return render_table(table)
+    lines = render_table(table)
+    return paint_states(lines, [cells[1] for cells in table[1:]]) if colour else lines
 
 
-def status_cells(row: Row, colour: bool) -> list[str]:
+def status_cells(row: Row) -> list[str]:
     return [
         str(row["name"]),
-        paint_state(str(row["state"]), colour),
+        str(row["state"]),
         "-" if row.get("pid") is None else str(row["pid"]),
         format_duration(row.get("uptime")),
         str(row.get("restarts", 0)),
+    ]
+
+
+def paint_states(lines: list[str], states: list[str]) -> list[str]:
+    """Colour the STATE cell of each row below the header once the table is
+    aligned, so that the escapes take no width."""
+    start = lines[0].index("STATE")
+    return lines[:1] + [
+        line[:start] + paint_state(state, True) + line[start + len(state):]
+        for line, state in zip(lines[1:], states, strict=True)
     ]
 
 
@@ -189,7 +203,7 @@ def as_rows(result: object) -> list[Row]:
 # --- commands ---------------------------------------------------------------
 
 
-def cmd_ping(client: Client, args: argparse.Namespace) -> int:
+def cmd_ping(client: Client, args: Args) -> int:
     """Show the daemon's version, pid and uptime."""
     info = as_object(client.request("ping", {}))
     if args.json:
@@ -201,7 +215,7 @@ def cmd_ping(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_status(client: Client, args: argparse.Namespace) -> int:
+def cmd_status(client: Client, args: Args) -> int:
     """Show instances; exit 3 unless every listed one is RUNNING."""
     rows = as_rows(client.request("status", {"names": args.names}))
     if args.json:
@@ -212,18 +226,18 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK if all_running else EXIT_NOT_RUNNING
 
 
-def cmd_start(client: Client, args: argparse.Namespace) -> int:
+def cmd_start(client: Client, args: Args) -> int:
     """Start instances, by default waiting until RUNNING or FATAL."""
     wire_args = {"names": args.names, "wait": not args.no_wait}
     return run_action(client, args, "start", wire_args, "starting" if args.no_wait else "started")
 
 
-def cmd_stop(client: Client, args: argparse.Namespace) -> int:
+def cmd_stop(client: Client, args: Args) -> int:
     """Stop instances, waiting until STOPPED."""
     return run_action(client, args, "stop", {"names": args.names}, "stopped")
 
 
-def cmd_restart(client: Client, args: argparse.Namespace) -> int:
+def cmd_restart(client: Client, args: Args) -> int:
     """Stop then start instances."""
     wire_args = {"names": args.names, "wait": not args.no_wait}
     return run_action(
@@ -231,7 +245,7 @@ def cmd_restart(client: Client, args: argparse.Namespace) -> int:
     )
 
 
-def cmd_signal(client: Client, args: argparse.Namespace) -> int:
+def cmd_signal(client: Client, args: Args) -> int:
     """Send a signal to each instance's process group."""
     sig: str | int = int(args.sig) if args.sig.isdigit() else args.sig
     return run_action(
@@ -239,7 +253,7 @@ def cmd_signal(client: Client, args: argparse.Namespace) -> int:
     )
 
 
-def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
+def cmd_shutdown(client: Client, args: Args) -> int:
     """Stop every worker, then the daemon."""
     result = client.request("shutdown", {})
     if args.json:
@@ -249,7 +263,7 @@ def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_reopen(client: Client, args: argparse.Namespace) -> int:
+def cmd_reopen(client: Client, args: Args) -> int:
     """Reopen every log file superd writes (after an external logrotate)."""
     result = client.request("reopen", {})
     if args.json:
@@ -259,7 +273,7 @@ def cmd_reopen(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+def cmd_logs(client: Client, args: Args) -> int:
     """Print the last lines of an instance's stdout (or stderr); -f follows."""
     wire_args = {"name": args.name, "lines": args.lines, "follow": args.follow,
                  "stream": "stderr" if args.stderr else "stdout"}
@@ -295,7 +309,7 @@ def print_json_line(message: Row) -> None:
     print(json.dumps(message), flush=True)
 
 
-def cmd_reload(client: Client, args: argparse.Namespace) -> int:
+def cmd_reload(client: Client, args: Args) -> int:
     """Re-read the config and apply what changed; print the diff applied."""
     from superd.reload import summary_lines
 
@@ -315,7 +329,7 @@ def cmd_reload(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_events(client: Client, args: argparse.Namespace) -> int:
+def cmd_events(client: Client, args: Args) -> int:
     """Print events as they happen, one line each, until interrupted."""
     client.request("subscribe", {})
     try:
@@ -350,7 +364,7 @@ def event_line(event: Row) -> str:
 
 
 def run_action(
-    client: Client, args: argparse.Namespace, cmd: str, wire_args: Row, verb: str
+    client: Client, args: Args, cmd: str, wire_args: Row, verb: str
 ) -> int:
     rows = as_rows(client.request(cmd, wire_args))
     if args.json:
@@ -371,62 +385,15 @@ COMMANDS: dict[str, Handler] = {
     "shutdown": cmd_shutdown,
     "logs": cmd_logs,
     "reopen": cmd_reopen,
-
-
     "reload": cmd_reload,
     "events": cmd_events,
 }
 
 
-# --- arguments and socket lookup --------------------------------------------
+# --- socket lookup ----------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="superctl", description="Control a running superd.")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("-c", "--config", help="config file naming the daemon's socket")
-    where.add_argument("-s", "--socket", help="control socket path")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    # Also accept --json after the command; SUPPRESS keeps a global one.
-    json_after = argparse.ArgumentParser(add_help=False)
-    json_after.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str) -> argparse.ArgumentParser:
-        handler = COMMANDS[name]
-        return commands.add_parser(
-            name, parents=[json_after], help=handler.__doc__, description=handler.__doc__
-        )
-
-    command("ping")
-    command("status").add_argument("names", nargs="*", metavar="NAME")
-    for name in ("start", "restart"):
-        sub = command(name)
-        sub.add_argument("names", nargs="+", metavar="NAME", help="worker, instance or 'all'")
-        sub.add_argument(
-            "--no-wait", action="store_true", help="return without waiting for RUNNING"
-        )
-    command("stop").add_argument(
-        "names", nargs="+", metavar="NAME", help="worker, instance or 'all'"
-    )
-    sub = command("signal")
-    sub.add_argument("sig", metavar="SIG", help="signal name (HUP, SIGHUP) or number")
-    sub.add_argument("names", nargs="+", metavar="NAME")
-    command("shutdown")
-    sub = command("logs")
-    sub.add_argument("name", metavar="NAME", help="one instance (or a worker with one)")
-    sub.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default 50)")
-    sub.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
-    sub.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
-    command("reopen")
-
-
-    command("reload")
-    command("events")
-    return parser
-
-
-def socket_path(args: argparse.Namespace) -> str:
+def socket_path(args: Args) -> str:
     """-s, else $SUPERD_SOCKET, else daemon.socket of the config (SPEC.md order)."""
     if args.socket:
         return str(args.socket)
@@ -451,7 +418,7 @@ def config_socket(config_arg: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(sys.argv[1:] if argv is None else argv, COMMANDS)
         return run(args)
     except SystemExit as exc:  # argparse: usage errors and --help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
@@ -465,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     try:
         path = socket_path(args)
     except ConfigUnavailable as exc:
@@ -492,9 +459,11 @@ def fail(message: str) -> None:
 def silence_stdout() -> None:
     # The reader went away (`superctl status | head`); point stdout at
     # /dev/null so the flush at interpreter exit does not complain again.
-    with contextlib.suppress(OSError, ValueError):
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -1,14 +1,23 @@
-"""Blocking client for superd's control socket (wire format v1)."""
+"""Blocking client for superd's control socket (wire format v1).
+
+superctl imports this module on every run, so it keeps to what is cheap to
+import: `_socket`, not `socket`, whose import builds four enums from the
+constants of `_socket` (a blocking AF_UNIX stream needs nothing it adds), and
+no typing at run time.
+"""
 
 from __future__ import annotations
 
-import socket
+import _socket
 from collections import deque
-from collections.abc import Iterator
-from types import TracebackType
-from typing import Any
 
 from superd.protocol import MAX_REPLY, Decoder, FrameError, Kind, encode
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import TracebackType
+    from typing import Any
 
 RECV_SIZE = 65536
 
@@ -71,7 +80,7 @@ class Client:
         """A daemon that refused this connection said why before closing it;
         raise that, if it is there to read."""
         try:
-            data = self._sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            data = self._sock.recv(RECV_SIZE, _socket.MSG_DONTWAIT)
             messages = self._decoder.feed(data)
         except (OSError, FrameError):
             return
@@ -119,8 +128,8 @@ class Client:
                 result_of(message)
 
 
-def connect(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def connect(path: str) -> _socket.socket:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as exc:

@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 import struct
 from enum import IntEnum
-from typing import Any
+
+# Not `typing.TYPE_CHECKING`: superctl imports this module on every run, and
+# importing typing alone costs it more than the rest of its start-up work.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
 
 MAGIC = b"SD"
 VERSION = 1
@@ -25,7 +30,8 @@ class Kind(IntEnum):
     EVENT = 3
 
 
-Message = tuple[Kind, dict[str, Any]]
+if TYPE_CHECKING:
+    Message: TypeAlias = tuple[Kind, dict[str, Any]]
 
 
 class FrameError(Exception):
