@@ -44,10 +44,10 @@ class StatusReport:
     def __init__(self, registry: Registry, logs: Logs) -> None:
         self.registry = registry
         self.logs = logs
-        self.resources = ResourceSampler()
+        self.resources = ResourceSampler(is_leader=lambda pid: registry.by_pid(pid) is not None)
 
     def rows(self, instances: list[Instance]) -> list[Row]:
-        """One row per instance; /proc is read once for all of them."""
+        """One row per instance, with figures at most FRESH_FOR seconds old."""
         rows = [status_row(instance) for instance in instances]
         running = {i.name: i.pid for i in instances if i.pid is not None}
         figures = self.resources.measure(running)
