@@ -102,10 +102,10 @@ class WatchedProc(ProcFiles):
         self.forbidden = {str(pid) for pid in forbidden}
         self.paths: list[str] = []
 
-    def read(self, path: str) -> bytes | None:
+    def read(self, path: str, whole: bool = False) -> bytes | None:
         assert path.split("/")[0] not in self.forbidden, f"read {path}"
         self.paths.append(path)
-        return super().read(path)
+        return super().read(path, whole)
 
     def tasks(self, pid: str) -> list[str]:
         assert pid not in self.forbidden, f"listed {pid}/task"
@@ -206,3 +206,10 @@ def test_an_unreadable_proc_gives_no_figures_not_an_error(tmp_path: Path) -> Non
     # As when superd is out of fds (EMFILE): status still answers, without figures.
     assert ResourceSampler(ProcFiles(str(tmp_path / "absent"))).measure({"a": 123}) \
         == {"a": (None, None)}
+
+
+def test_a_long_children_file_is_read_to_its_end(tmp_path: Path) -> None:
+    pids = list(range(100_000, 120_000))  # some 140 KB: more than one read
+    (tmp_path / "children").write_text("".join(f"{pid} " for pid in pids))
+    data = ProcFiles(str(tmp_path)).read("children", whole=True)
+    assert data is not None and parse_children(data) == pids

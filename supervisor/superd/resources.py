@@ -22,7 +22,7 @@ from dataclasses import dataclass
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FRESH_FOR = 0.5  # seconds a reading is reused (CPU% over less is noise)
-CHUNK = 65536  # stat and statm fit in one read; children may need several
+CHUNK = 65536
 
 Figures = tuple[float | None, int | None]  # (cpu_percent, rss_bytes)
 NO_FIGURES: Figures = (None, None)
@@ -69,6 +69,13 @@ def parse_children(data: bytes) -> list[int]:
     return [int(word) for word in data.split()]
 
 
+def _read_rest(fd: int, first: bytes) -> bytes:
+    chunks = [first]
+    while chunk := os.read(fd, CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def boot_seconds() -> float:
     """Seconds since boot, on the clock of /proc/PID/stat's start time."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -92,28 +99,23 @@ class ProcFiles:
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
 
-    def read(self, path: str) -> bytes | None:
-        """The file's bytes, or None if it cannot be read (the process is gone)."""
+    def read(self, path: str, whole: bool = False) -> bytes | None:
+        """The file's bytes, or None if it cannot be read (the process is gone).
+
+        One read unless `whole`: stat and statm are one page at most, and
+        /proc gives a page in one read.
+        """
         try:
             fd = os.open(f"{self.root}/{path}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            return self._read_fd(fd, path.endswith("children"))
+            data = os.read(fd, CHUNK)
+            return _read_rest(fd, data) if whole and data else data
         except OSError:
             return None
         finally:
             os.close(fd)
-
-    @staticmethod
-    def _read_fd(fd: int, to_the_end: bool) -> bytes:
-        data = os.read(fd, CHUNK)
-        if not to_the_end or not data:
-            return data
-        chunks = [data]
-        while chunk := os.read(fd, CHUNK):
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def tasks(self, pid: str) -> list[str]:
         """The thread ids of a process (none if it is gone)."""
@@ -173,7 +175,7 @@ class ProcessGroups:
         tids = [pid] if threads == 1 else self.files.tasks(pid)
         found: list[int] = []
         for tid in tids:
-            data = self.files.read(f"{pid}/task/{tid}/children")
+            data = self.files.read(f"{pid}/task/{tid}/children", whole=True)
             if data:
                 found += parse_children(data)
         return found
