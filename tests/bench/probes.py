@@ -67,6 +67,37 @@ def pss_mib(pid: int) -> float:
     raise ValueError(f"no Pss in /proc/{pid}/smaps_rollup")
 
 
+def children(pid: int) -> list[int]:
+    """The live and zombie children of pid, from the kernel's own list."""
+    found: list[int] = []
+    for task in _tasks(pid):
+        found.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def runs_program(pid: int, program: str) -> bool:
+    """pid is alive (not a zombie) and has exec'd program (its comm is the name)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    return comm == program[:15] and stat[stat.rindex(")") + 2] != "Z"
+
+
+def count_running(parent: int, program: str, exclude: set[int]) -> int:
+    """Children of parent running program, other than the pids in exclude.
+
+    Read from /proc, so watching costs the daemon nothing (a status poll of
+    1000 instances can cost it more than the work being watched).
+    """
+    try:
+        kids = children(parent)
+    except OSError:  # not started yet, or gone
+        return 0
+    return sum(1 for kid in kids if kid not in exclude and runs_program(kid, program))
+
+
 class PidFifo:
     """A FIFO each restart worker writes its pid into (`echo $$ > FIFO`).
 
