@@ -23,9 +23,13 @@ supervisord ...), one daemon at a time, each in a fresh temporary folder:
 5. idle context switches of the daemon with all workers RUNNING, and its PSS.
 
 Each figure with many samples per run is shown as median and p95 over all
-runs; a figure with one value a run as the median of the runs. Status polls
-(for "all RUNNING") are spaced 50 ms apart. `--quick` is a small version
-for the smoke test: every figure, fewer samples, 50 workers for the big ones.
+runs; a figure with one value a run as the median of the runs. A batch of
+raw calls or ctl runs stops early once it has taken 20 s (supervisord's status
+of 1000 takes seconds). "All RUNNING" is watched in /proc first (every worker
+a child of the daemon that has exec'd its program), then confirmed by status
+polls 50 ms apart; the figure is when the confirming poll was sent. `--quick`
+is a small version for the smoke test: every figure, fewer samples, 50
+workers for the big ones.
 """
 
 from __future__ import annotations
