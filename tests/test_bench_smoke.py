@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(bool(os.environ.get("SUPERD_SKIP_BENCH")),
 
 FIGURES = {
     "restart", "cold_start", "start_all", "stop_all", "reap_storm", "reap_zombies",
-    "idle_wakeups", "pss_small", "pss_big",
+    "idle_wakeups", "pss_small", "pss_big", "pss_helper",
     *(f"{what}_{size}" for size in ("small", "big")
       for what in ("status_raw", "status_cpu", "ping_raw", "ping_cpu", "ctl_status")),
 }

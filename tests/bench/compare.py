@@ -20,7 +20,8 @@ supervisord ...), one daemon at a time, each in a fresh temporary folder:
    processes; floor: `python -I -S -c pass` from this venv, interleaved.
 4. cold start (launch -> every instance RUNNING), stop all, start all, and a
    reap storm (SIGKILL every worker -> all RUNNING with new pids, then zombies).
-5. idle context switches of the daemon with all workers RUNNING, and its PSS.
+5. idle context switches of the daemon (and of a helper it keeps above itself,
+   superd's keeper) with all workers RUNNING; the daemon's PSS, the helper's.
 
 Each figure with many samples per run is shown as median and p95 over all
 runs; a figure with one value a run as the median of the runs. A batch of
@@ -127,9 +128,10 @@ def define_figures(plan: Plan) -> Results:
     results.define("stop_all", f"stop all {plan.big}", "s", per_run)
     results.define("reap_storm", f"reap storm: kill -9 {plan.big} -> RUNNING", "s", per_run)
     results.define("reap_zombies", "reap storm: daemon's zombies after", "count", ("max",))
-    results.define("idle_wakeups", f"idle ctx switches in {plan.idle_seconds:g}s, "
-                   f"{plan.small} workers", "count", per_run)
+    results.define("idle_wakeups", f"idle ctx switches in {plan.idle_seconds:g}s (daemon and "
+                   f"helper), {plan.small} workers", "count", per_run)
     results.define("pss_small", f"daemon PSS, {plan.small} workers", "MiB", per_run)
+    results.define("pss_helper", "PSS of a helper process (superd's keeper)", "MiB", per_run)
     results.define("pss_big", f"daemon PSS, {plan.big} workers", "MiB", per_run)
     return results
 
@@ -191,7 +193,7 @@ class Bench:
         daemon = self.daemon(contender, self.root / f"small-{contender.label}-{run}",
                              WorkerSpec("w", SLEEPER, self.plan.small))
         self.steps(daemon, run, f"{self.plan.small} workers", [
-            (["pss_small"], lambda: self.launch_then_pss(daemon, "pss_small")),
+            (["pss_small", "pss_helper"], lambda: self.launch_then_pss(daemon, "pss_small")),
             (raw_keys("small"), lambda: self.raw_round_trips(daemon, "small")),
             (["ctl_status_small"], lambda: self.ctl_status(daemon, "ctl_status_small")),
             (["idle_wakeups"], lambda: self.idle_wakeups(daemon)),
@@ -278,6 +280,7 @@ class Bench:
         daemon.launch()
         self.wait_workers(daemon, began, set())
         self.record(daemon, key, pss_mib(daemon.pid))
+        self.record(daemon, "pss_helper", sum(pss_mib(pid) for pid in daemon.helpers()))
 
     def cold_start(self, daemon: Daemon) -> None:
         began = time.perf_counter()
@@ -365,10 +368,11 @@ class Bench:
     def idle_wakeups(self, daemon: Daemon) -> None:
         daemon.close_client()
         time.sleep(self.plan.settle)  # let the daemon finish with the closed connection
-        pid = daemon.pid
-        before = context_switches(pid)
+        watched = [daemon.pid, *daemon.helpers()]
+        before = sum(context_switches(pid) for pid in watched)
         time.sleep(self.plan.idle_seconds)
-        self.record(daemon, "idle_wakeups", context_switches(pid) - before)
+        after = sum(context_switches(pid) for pid in watched)
+        self.record(daemon, "idle_wakeups", after - before)
 
 
 def raw_keys(size: str) -> list[str]:

@@ -24,7 +24,7 @@ import yaml
 from probes import BenchTimeout
 
 from superd.protocol import HEADER, MAX_REPLY, Decoder, Kind, encode
-from support import alive, reap_adopted
+from support import alive, proc_stat, reap_adopted
 
 SUPERVISOR = "supervisor==4.3.0"
 States = dict[str, tuple[str, int | None]]  # instance -> (state, pid)
@@ -63,6 +63,15 @@ class Daemon(ABC):
     @property
     def pid(self) -> int:
         return int(self.pidfile.read_text().strip())
+
+    def helpers(self) -> list[int]:
+        """Processes the daemon keeps above itself (superd's keeper), found as
+        its parent when that is neither this bench (the subreaper that adopts a
+        detached daemon) nor init."""
+        stat = proc_stat(self.pid)
+        if stat is None or stat[1] in (os.getpid(), 0, 1):
+            return []
+        return [stat[1]]
 
     def launch(self) -> None:
         """Run the daemon's own start command; it returns once it has detached."""
