@@ -152,6 +152,9 @@ class Bench:
         self.ctl_env = clean_env(NO_COLOR="1")
         self.killed_after_sessions: dict[str, int] = {}
         self.connections_closed_on_us = 0
+        # A status that scans /proc (superd's did, whole) costs more with
+        # others' processes on the machine: how many there were at each batch.
+        self.processes_at_status: dict[str, list[int]] = {}
 
     # -- the three phases, each in alternating runs -------------------------
     def run(self) -> None:
@@ -317,6 +320,7 @@ class Bench:
 
     def raw_round_trips(self, daemon: Daemon, size: str) -> None:
         pid = daemon.pid
+        self.processes_at_status.setdefault(daemon.label, []).append(machine_processes())
         for what, call in (("status", daemon.timed_status), ("ping", daemon.timed_ping)):
             call()  # connects, and warms whatever the first call warms
             before = cpu_seconds(pid)
@@ -465,10 +469,13 @@ def versions(supervisord_bin: Path | None) -> dict[str, str | None]:
             "supervisord": supervisord_version(supervisord_bin) if supervisord_bin else None}
 
 
+def machine_processes() -> int:
+    return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+
+
 def machine_load() -> dict[str, float]:
-    """Others' load skews every figure, and superd's status scans all of /proc."""
-    processes = sum(1 for entry in os.listdir("/proc") if entry.isdigit())
-    return {"loadavg_1min": os.getloadavg()[0], "processes": processes}
+    """Others' load skews every figure; a status that scans /proc, their processes too."""
+    return {"loadavg_1min": round(os.getloadavg()[0], 2), "processes": machine_processes()}
 
 
 def final_cleanup(bench: Bench) -> dict[str, Any]:
@@ -502,12 +509,14 @@ def main(argv: list[str] | None = None) -> int:
                 "python": sys.version.split()[0], "kernel": platform.release(),
                 "cpus": os.cpu_count(), "seconds": round(time.monotonic() - began, 1),
                 "client_connections_closed_by_daemon": bench.connections_closed_on_us,
-                "machine_at_start": machine, "machine_at_end": machine_load()}
+                "machine_at_start": machine, "machine_at_end": machine_load(),
+                "processes_on_machine_at_raw_batches": bench.processes_at_status}
     print(table(bench.results))
     print(f"\n{meta['versions']}; {plan.runs} alternating runs; "
           f"{plan.kills} kills, {plan.calls} raw calls, {plan.ctl_runs} ctl runs a run; "
-          f"whole run {meta['seconds']:.0f} s; machine at start {machine}, "
-          f"at end {meta['machine_at_end']}")
+          f"whole run {meta['seconds']:.0f} s;\nmachine at start {machine}, "
+          f"at end {meta['machine_at_end']}; processes on the machine at the raw batches "
+          f"{bench.processes_at_status}")
     clean = not cleanup["zombies"] and not cleanup["leftover_processes"]
     print("cleanup: no zombie, no leftover process" if clean else f"cleanup FAILED: {cleanup}")
     json_path = args.json or Path(tempfile.gettempdir()) / f"superd-bench-{os.getpid()}.json"
