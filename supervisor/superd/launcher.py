@@ -55,8 +55,7 @@ class Launcher:
         except OSError as exc:
             log.error("%s: cannot start: %s", instance.name, exc)
             raise
-        log.info("%s: spawned pid %d: %s", instance.name, pid, " ".join(worker.command))
-        return pid
+        return pid  # its STARTING transition logs the pid and command
 
     def guard(self) -> str:
         """What kills the workers if superd dies (keeper.guard)."""

@@ -83,8 +83,7 @@ class Registry:
             if instance is None or instance.pid != pid:
                 log.info("reaped pid %d (%s), not a worker", pid, describe_wait_status(status))
                 continue
-            log.info("%s: pid %d %s", instance.name, pid, describe_wait_status(status))
-            died(instance, status)
+            died(instance, status)  # its transition's log line says how it ended
             self._retiring.discard(instance)
 
     # -- names -------------------------------------------------------------

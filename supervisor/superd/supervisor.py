@@ -140,17 +140,23 @@ class Supervisor:
 
 
 def _log_transition(instance: Instance, old: State, new: State) -> None:
-    # The pid is an argument of its own, not part of a string: the daemon's
-    # log takes numbers as what varies between repeats of one cause.
-    if new in (State.STARTING, State.RUNNING) and instance.pid is not None:
+    # One line per transition says it all (a restart is three lines, which
+    # matters when a thousand restart at once).  The pid is an argument of its
+    # own, not part of a string: the daemon's log takes numbers as what varies
+    # between repeats of one cause.
+    if new is State.STARTING and instance.pid is not None:
+        log.info("%s: %s -> %s (pid %d: %s)", instance.name, old.value, new.value,
+                 instance.pid, " ".join(instance.config.command))
+    elif new is State.RUNNING and instance.pid is not None:
         log.info("%s: %s -> %s (pid %d)", instance.name, old.value, new.value, instance.pid)
-        return
-    log.info("%s: %s -> %s%s", instance.name, old.value, new.value, _detail(instance, new))
+    else:
+        log.info("%s: %s -> %s%s", instance.name, old.value, new.value,
+                 _detail(instance, old, new))
 
 
-def _detail(instance: Instance, new: State) -> str:
+def _detail(instance: Instance, old: State, new: State) -> str:
     if new is State.BACKOFF and instance.shortage is not None:
         return f" ({instance.shortage})"
-    if new in (State.EXITED, State.BACKOFF, State.FATAL):
+    if new in (State.EXITED, State.BACKOFF, State.FATAL) or old is State.STOPPING:
         return f" ({describe_exit(instance.exit_status)})"
     return ""
