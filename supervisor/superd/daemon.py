@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -80,6 +81,9 @@ class Daemon:
             self.loop.add_signal(signum, _not_yet(signum))
         become_subreaper()
         self.supervisor.orchestrator.autostart()
+        # Modules, config and instances live as long as the daemon: keep them
+        # out of the collector's full passes, which a restart storm triggers.
+        gc.freeze()
         log.info("superd %s started (pid %d) on %s", __version__, os.getpid(), daemon.socket)
 
     @property
