@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .keeper import guard, guarded
 from .listen import Listeners
 from .logs import Logs
-from .spawn import Prepared, SpawnSpec, prepare, spawn
+from .spawn import SpawnSpec, spawn
 from .worker import Instance
 
 log = logging.getLogger("superd")
@@ -40,11 +39,6 @@ class Launcher:
         self.launched = launched
         # superd's environment never changes: decode os.environ once, not per spawn.
         self.base_environment = dict(os.environ)
-        # Per instance, for as long as its config and the notify address hold:
-        # (config, address, env, prepared); gone with the instance.
-        self.prepared: weakref.WeakKeyDictionary[
-            Instance, tuple[object, str | None, dict[str, str], Prepared]] = \
-            weakref.WeakKeyDictionary()
 
     def launch(self, instance: Instance) -> int:
         """Fork and exec the instance's command; its pid (OSError if not)."""
@@ -63,23 +57,11 @@ class Launcher:
 
     def spec(self, instance: Instance, stdout: int, stderr: int) -> SpawnSpec:
         worker = instance.config
-        env, prepared = self._environment_of(instance)
-        return SpawnSpec(argv=worker.command, env=env,
+        return SpawnSpec(argv=worker.command, env=self.environment(instance),
                          directory=worker.directory, umask=worker.umask, user=worker.user,
                          stdout_fd=stdout, stderr_fd=stderr,
                          listen_fds=self.sockets.fds(worker.sockets),
-                         listen_names=worker.sockets, nofile=self.launched.nofile,
-                         prepared=prepared)
-
-    def _environment_of(self, instance: Instance) -> tuple[dict[str, str], Prepared]:
-        address = self.notify_address()
-        cached = self.prepared.get(instance)
-        if cached is not None and cached[0] is instance.config and cached[1] == address:
-            return cached[2], cached[3]
-        env = self.environment(instance)
-        prepared = prepare(instance.config.command, env)
-        self.prepared[instance] = (instance.config, address, env, prepared)
-        return env, prepared
+                         listen_names=worker.sockets, nofile=self.launched.nofile)
 
     def environment(self, instance: Instance) -> dict[str, str]:
         env = dict(self.base_environment)

@@ -58,23 +58,6 @@ class SpawnSpec:
     listen_names: tuple[str, ...] = ()
     # The RLIMIT_NOFILE soft limit superd was started with (None: keep superd's).
     nofile: int | None = None
-    # env and argv[0] as the vfork path passes them, when the caller keeps them.
-    prepared: Prepared | None = None
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The environment as NAME=VALUE bytes and the paths exec tries, which are
-    the same for every start of an instance: computed once, not per spawn."""
-
-    env: tuple[bytes, ...]
-    executables: tuple[bytes, ...]
-
-
-def prepare(argv: tuple[str, ...], env: dict[str, str]) -> Prepared:
-    env = _without_listen_variables(env)
-    return Prepared(tuple(os.fsencode(f"{key}={value}") for key, value in env.items()),
-                    _candidates(argv[0], env))
 
 
 def spawn(spec: SpawnSpec, guarded: bool = False) -> int:
@@ -120,12 +103,13 @@ def _vfork_exec(spec: SpawnSpec) -> int | None:
     new session, default signal handlers, empty mask, umask, folder, stdio.
     None if the child could not exec (it has been reaped)."""
     assert _VFORK_EXEC is not None
-    prepared = spec.prepared or prepare(spec.argv, spec.env)
+    env = _pass_listen_fds(spec)
     error_read, error_write = os.pipe()
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with _nofile_for_children(spec.nofile):
-            pid = _VFORK_EXEC(spec.argv, prepared.executables, spec.directory, prepared.env,
+            pid = _VFORK_EXEC(spec.argv, _candidates(spec.argv[0], env), spec.directory,
+                              [os.fsencode(f"{key}={value}") for key, value in env.items()],
                               null, spec.stdout_fd, spec.stderr_fd, error_read, error_write,
                               spec.umask)
     finally:
@@ -245,7 +229,9 @@ def _redirect_stdio(spec: SpawnSpec) -> None:
 
 def _pass_listen_fds(spec: SpawnSpec) -> dict[str, str]:
     """Put the listening sockets on fds 3.. and describe them as systemd does."""
-    env = _without_listen_variables(spec.env)
+    env = dict(spec.env)
+    for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(key, None)
     if not spec.listen_fds:
         return env
     first = 3
@@ -259,13 +245,6 @@ def _pass_listen_fds(spec: SpawnSpec) -> dict[str, str]:
     env["LISTEN_FDS"] = str(len(spec.listen_fds))
     env["LISTEN_PID"] = str(os.getpid())
     env["LISTEN_FDNAMES"] = ":".join(spec.listen_names)
-    return env
-
-
-def _without_listen_variables(env: dict[str, str]) -> dict[str, str]:
-    env = dict(env)
-    for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-        env.pop(key, None)
     return env
 
 
