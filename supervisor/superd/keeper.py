@@ -11,7 +11,7 @@ re-parents its children to the keeper before reporting the death, and the
 keeper SIGKILLs every process it has adopted (with its process group) until
 none is left, then exits.  It ignores the termination signals a terminal or
 `pkill` would send; a daemon whose keeper is gone falls back to
-PR_SET_PDEATHSIG (see `guarded`).
+PR_SET_PDEATHSIG (see `guard`).
 """
 
 from __future__ import annotations
@@ -47,10 +47,6 @@ def guard(keeper_pid: int | None) -> str:
     if keeper_pid is not None and os.getppid() == keeper_pid:
         return "keeper"
     return "pdeathsig"
-
-
-def guarded(keeper_pid: int | None) -> bool:
-    return guard(keeper_pid) != "pdeathsig"
 
 
 def keep(daemon_pid: int) -> int:

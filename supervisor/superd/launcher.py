@@ -13,7 +13,7 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .keeper import guard, guarded
+from .keeper import guard
 from .listen import Listeners
 from .logs import Logs
 from .spawn import SpawnSpec, spawn
@@ -45,7 +45,7 @@ class Launcher:
         worker = instance.config
         try:
             with self.logs.child_stdio(instance.name, worker.stdout, worker.stderr) as stdio:
-                pid = spawn(self.spec(instance, *stdio), guarded(self.launched.keeper_pid))
+                pid = spawn(self.spec(instance, *stdio), self.guard() != "pdeathsig")
         except OSError as exc:
             log.error("%s: cannot start: %s", instance.name, exc)
             raise

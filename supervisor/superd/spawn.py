@@ -5,7 +5,7 @@ then copy-on-write faults in the parent); a vfork-based spawn costs a tenth
 of that.  But only a forked child can run Python code before exec, and
 PR_SET_PDEATHSIG, which kills a worker when superd dies, must be set by the
 child itself.  So the vfork path is taken only when something else already
-guarantees that (see keeper.py: `guarded`), and only for workers it can
+guarantees that (see keeper.py: `guard`), and only for workers it can
 start exactly as the forked path would (no user switch, no listening
 sockets to move onto fds 3..).
 
@@ -167,21 +167,22 @@ def _vfork_exec_call() -> Callable[..., int] | None:
     if _posixsubprocess is None or not sys.platform.startswith("linux"):
         return None
     fork_exec: Callable[..., int] = getattr(_posixsubprocess, "fork_exec")  # noqa: B009
-    if sys.version_info[:2] == (3, 10):
-        def call(argv: Any, executables: Any, cwd: str, env: Any, stdin: int, stdout: int,
-                 stderr: int, error_read: int, error_write: int, umask: int) -> int:
-            return fork_exec(argv, executables, False, (error_write,), cwd, env,
-                             stdin, -1, -1, stdout, -1, stderr, error_read, error_write,
-                             True, True, None, None, None, umask, None)
-        return call
-    if (3, 11) <= sys.version_info[:2] <= (3, 13):
-        def call(argv: Any, executables: Any, cwd: str, env: Any, stdin: int, stdout: int,
-                 stderr: int, error_read: int, error_write: int, umask: int) -> int:
-            return fork_exec(argv, executables, False, (error_write,), cwd, env,
-                             stdin, -1, -1, stdout, -1, stderr, error_read, error_write,
-                             True, True, -1, None, None, None, umask, None, True)
-        return call
-    return None  # an argument list this module has not been checked against
+    version = sys.version_info[:2]
+    if version == (3, 10):
+        process_group: tuple[int, ...] = ()
+        allow_vfork: tuple[bool, ...] = ()
+    elif (3, 11) <= version <= (3, 13):
+        process_group, allow_vfork = (-1,), (True,)
+    else:
+        return None  # an argument list this module has not been checked against
+
+    def call(argv: Any, executables: Any, cwd: str, env: Any, stdin: int, stdout: int,
+             stderr: int, error_read: int, error_write: int, umask: int) -> int:
+        return fork_exec(argv, executables, False, (error_write,), cwd, env,
+                         stdin, -1, -1, stdout, -1, stderr, error_read, error_write,
+                         True, True, *process_group, None, None, None, umask, None,
+                         *allow_vfork)
+    return call
 
 
 _VFORK_EXEC = _vfork_exec_call()
