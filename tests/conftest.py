@@ -49,6 +49,12 @@ def _teardown(daemon: Superd) -> list[str]:
             daemon.stop()
         except AssertionError as exc:
             problems.append(str(exc))
+    # A process on its way out (the keeper after a `shutdown`) gets a
+    # deadline to go; one still there after it is a leftover.
+    try:
+        wait_for(lambda: not pids_tagged(daemon.tag), 5.0, "tagged processes to exit")
+    except AssertionError:
+        pass
     leftovers = pids_tagged(daemon.tag)
     for leftover in leftovers:
         try:
