@@ -178,14 +178,28 @@ def test_a_stale_reading_is_the_base_of_the_next_cpu_share(tmp_path: Path) -> No
     assert cpu is not None and cpu > 1000  # 600 s of CPU in a few ms: not since start
 
 
-def test_prune_forgets_instances_without_a_process(tmp_path: Path) -> None:
+def test_readings_of_processes_no_longer_workers_are_forgotten(tmp_path: Path) -> None:
     fake_proc(tmp_path, HOST)
-    sampler = ResourceSampler(ProcFiles(str(tmp_path)))
+    leaders = {10, 20}
+    sampler = ResourceSampler(ProcFiles(str(tmp_path)), is_leader=leaders.__contains__,
+                              fresh_for=0.0)
     sampler.measure({"a": 10, "b": 20})
     sampler.measure({"b": 20})  # a status of one instance keeps the others' readings
     assert set(sampler.readings) == {"a", "b"}
-    sampler.prune({"b"})
+    leaders.discard(10)  # a's process was reaped
+    sampler.measure({"b": 20})
     assert set(sampler.readings) == {"b"}
+
+
+def test_the_last_answer_serves_a_repeat_until_a_reading_is_stale(tmp_path: Path) -> None:
+    fake_proc(tmp_path, HOST)
+    files = WatchedProc(str(tmp_path), forbidden=set())
+    sampler = ResourceSampler(files, fresh_for=0.3)
+    first = sampler.measure({"a": 10, "b": 20})
+    files.paths.clear()
+    assert sampler.measure({"b": 20}) is first and files.paths == []
+    wait_for(lambda: sampler.measure({"b": 20}) is not first, what="a stale reading")
+    assert "20/stat" in files.paths  # read afresh
 
 
 def test_sampler_on_a_real_process_group() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import math
 import os
 import random
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from superd.config import BackoffConfig, ReadyConfig, WorkerConfig, load
+from superd.registry import Registry
 from superd.states import ALLOWED, TRANSITIONS, Event, State
-from superd.status import status_row
+from superd.status import StatusReport, description
 from superd.worker import Instance, backoff_delay
 
 
@@ -213,14 +215,14 @@ def test_a_shortage_on_restart_is_one_restart_and_shown_in_status(tmp_path: Path
     runtime.spawn_error = os_error(errno.EMFILE)
     instance.died(EXIT_1)  # RUNNING -> EXITED -> autorestart, which cannot spawn
     assert instance.state is State.BACKOFF and instance.restarts == 1
-    assert status_row(instance)["description"] == EMFILE_CAUSE
+    assert description(instance) == EMFILE_CAUSE
     for _ in range(5):
         runtime.fire()
     assert instance.state is State.BACKOFF and instance.restarts == 1
     runtime.spawn_error = None
     runtime.fire()
     assert instance.state is State.RUNNING and instance.restarts == 1
-    assert status_row(instance)["description"] == ""
+    assert description(instance) == ""
 
 
 def test_a_shortage_after_real_failures_does_not_count_either(tmp_path: Path) -> None:
@@ -238,7 +240,7 @@ def test_a_shortage_after_real_failures_does_not_count_either(tmp_path: Path) ->
     assert instance.state is State.STARTING
     instance.died(EXIT_1)  # the second real failure: now FATAL
     assert instance.state is State.FATAL
-    assert status_row(instance)["description"] == "exit 1"
+    assert description(instance) == "exit 1"
 
 
 def test_stop_while_short_of_resources(tmp_path: Path) -> None:
@@ -308,3 +310,42 @@ def test_ready_at_once_leaves_no_start_timer_behind(tmp_path: Path) -> None:
     instance.handle(Event.START)
     assert instance.state is State.RUNNING
     assert not [timer for timer in runtime.timers if not timer.cancelled]
+
+
+class DroppedBytes:
+    """What StatusReport asks of Logs: the dropped bytes of an instance."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def dropped_by_instance(self) -> dict[str, int]:
+        return self.counts
+
+
+def test_status_rows_follow_every_change_of_an_instance(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    registry, logs = Registry(), DroppedBytes()
+    instance = Instance(make_worker(tmp_path, startsecs=0.0), 0, runtime)
+    registry.replace([instance])
+    report = StatusReport(registry, logs)  # type: ignore[arg-type]
+
+    def row() -> dict[str, object]:
+        [only] = json.loads(report.rows_json([instance]))
+        assert isinstance(only, dict)
+        return only
+
+    assert row() == {"name": "w", "worker": "w", "state": "STOPPED", "pid": None,
+                     "uptime": None, "restarts": 0, "exit_status": None,
+                     "cpu_percent": None, "rss_bytes": None, "description": "",
+                     "status_text": "", "log_dropped_bytes": 0}
+    instance.handle(Event.START)
+    assert (row()["state"], row()["pid"]) == ("RUNNING", instance.pid)
+    instance.report_status('half "done" \u2014 ok\n')
+    logs.counts["w"] = 7
+    assert (row()["status_text"], row()["log_dropped_bytes"]) == ('half "done" \u2014 ok\n', 7)
+    instance.died(EXIT_1)
+    assert row()["exit_status"] == 1 and row()["restarts"] == 1
+    successor = Instance(make_worker(tmp_path, startsecs=0.0), 0, runtime)
+    registry.replace([successor])  # a reload: same name, a new instance
+    [fresh] = json.loads(report.rows_json([successor]))
+    assert (fresh["state"], fresh["restarts"], fresh["status_text"]) == ("STOPPED", 0, "")

@@ -109,7 +109,7 @@ class Commands:
 
     def cmd_status(self, args: dict[str, Any], reply: Reply) -> None:
         """One row per named instance (all when none are named)."""
-        reply.ok(self.status.rows(self._instances(args)))
+        reply.ok_json(self.status.rows_json(self._instances(args)))
 
     def cmd_start(self, args: dict[str, Any], reply: Reply) -> None:
         """Start instances; with wait (default) reply once RUNNING or FATAL."""

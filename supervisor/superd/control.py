@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .loop import Loop, Timer
-from .protocol import MAX_REQUEST, Decoder, FrameError, Kind, TooLarge, encode
+from .protocol import MAX_REQUEST, Decoder, FrameError, Kind, TooLarge, encode, frame, to_json
 
 log = logging.getLogger("superd")
 
@@ -52,11 +52,11 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def encode_reply(message: dict[str, Any]) -> bytes:
-    """The reply's frame; one that cannot be sent becomes an error reply."""
-    request_id = message.get("id")
+def encode_reply(message: dict[str, Any] | str, request_id: Any) -> bytes:
+    """The reply's frame (from the message, or its JSON text); one that cannot
+    be sent becomes an error reply."""
     try:
-        return encode(Kind.REPLY, message)
+        return frame(Kind.REPLY, message if isinstance(message, str) else to_json(message))
     except TooLarge as exc:
         return encode(Kind.REPLY, error_message(
             request_id, "too_large", f"reply too large to send ({exc}); ask for less"))
@@ -87,12 +87,16 @@ class Reply:
     def ok(self, result: Any) -> None:
         self._give({"id": self.request_id, "ok": True, "result": result})
 
+    def ok_json(self, result_json: str) -> None:
+        """Answer with a result that is already JSON text."""
+        self._give(f'{{"id":{to_json(self.request_id)},"ok":true,"result":{result_json}}}')
+
     def error(self, code: str, message: str) -> None:
         self._give(error_message(self.request_id, code, message))
 
-    def _give(self, message: dict[str, Any]) -> None:
+    def _give(self, message: dict[str, Any] | str) -> None:
         if self.frame is None:
-            self.frame = encode_reply(message)
+            self.frame = encode_reply(message, self.request_id)
             self.connection.flush_replies()
 
 
@@ -185,7 +189,8 @@ class Connection:
 
     def send(self, kind: Kind, message: dict[str, Any]) -> None:
         """Queue an event; one that cannot be encoded is dropped (and logged)."""
-        frame = encode_event(message) if kind is Kind.EVENT else encode_reply(message)
+        frame = encode_event(message) if kind is Kind.EVENT \
+            else encode_reply(message, message.get("id"))
         if frame is not None:
             self.send_frame(frame)
 

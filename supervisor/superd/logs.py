@@ -388,7 +388,11 @@ class InstanceLogs:
         return [self.stdout, self.stderr]
 
     def dropped(self) -> int:
-        return sum(log_file.dropped for log_file in self.files())
+        # Not sum(files()): status asks this of every instance on every call.
+        stdout, stderr = self.stdout, self.stderr
+        if stderr is None or stderr is stdout:
+            return stdout.dropped
+        return stdout.dropped + stderr.dropped
 
 
 def log_paths(log_dir: str, name: str, stdout: LogConfig, stderr: LogConfig) \
@@ -536,9 +540,13 @@ class Logs:
         for log_file in self.files.values():
             log_file.close()
 
-    def dropped(self, name: str) -> int:
-        entry = self.instances.get(name)
-        return 0 if entry is None else entry.dropped()
+    def dropped_by_instance(self) -> dict[str, int]:
+        """Instance name -> bytes dropped, for the instances that dropped any."""
+        # Usually no file has dropped anything: one pass over them says so.
+        if not any(log_file.dropped for log_file in self.files.values()):
+            return {}
+        return {name: count for name, entry in self.instances.items()
+                if (count := entry.dropped())}
 
     def file_for(self, name: str, stdout: LogConfig, stderr: LogConfig,
                  stream: str) -> LogFile:

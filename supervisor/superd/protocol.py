@@ -46,24 +46,36 @@ def limit_of(kind: Kind) -> int:
     return MAX_REQUEST if kind is Kind.REQUEST else MAX_REPLY
 
 
+# One encoder for every message: json.dumps with arguments builds a new one per call.
+to_json = json.JSONEncoder(separators=(",", ":")).encode
+# Kind(n) is an enum call; a dict lookup is not.
+KINDS = {int(kind): kind for kind in Kind}
+
+
 def encode(kind: Kind, message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
+    return frame(kind, to_json(message))
+
+
+def frame(kind: Kind, body_json: str) -> bytes:
+    """The frame of a body that is already JSON text (ASCII: to_json escapes the rest)."""
+    body = body_json.encode()
     if len(body) > limit_of(kind):
         raise TooLarge(f"body of {len(body)} bytes exceeds {limit_of(kind)}")
     return HEADER.pack(MAGIC, VERSION, kind, len(body)) + body
 
 
 def parse_header(header: bytes, limit: int) -> tuple[Kind, int]:
-    magic, version, kind, length = HEADER.unpack(header)
+    magic, version, number, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise FrameError("bad magic")
     if version != VERSION:
         raise FrameError(f"unsupported version {version}")
-    if kind not in Kind.__members__.values():
-        raise FrameError(f"unknown kind {kind}")
+    kind = KINDS.get(number)
+    if kind is None:
+        raise FrameError(f"unknown kind {number}")
     if length > limit:
         raise FrameError(f"body of {length} bytes exceeds {limit}")
-    return Kind(kind), length
+    return kind, length
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -109,10 +121,13 @@ class Decoder:
         The header is checked before any of the body is awaited, so an
         oversized length is refused without buffering the body.
         """
-        if not self.has_message():
+        available = len(self._buffer) - self._start
+        if available < HEADER.size:
+            return None
+        kind, length = self._header()
+        if available < HEADER.size + length:
             return None
         header_end = self._start + HEADER.size
-        kind, length = self._header()
         body = bytes(self._buffer[header_end:header_end + length])
         self._start = header_end + length
         return kind, parse_body(body)

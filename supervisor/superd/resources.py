@@ -207,26 +207,39 @@ class ResourceSampler:
         self.groups = ProcessGroups(files or ProcFiles(), is_leader)
         self.fresh_for = fresh_for
         self.readings: dict[str, Reading] = {}
+        # The last answer: (its oldest reading's time, the pids asked, the figures)
+        self._last: tuple[float, dict[str, int], dict[str, Figures]] | None = None
 
     def measure(self, pids: dict[str, int]) -> dict[str, Figures]:
-        """Instance name -> (cpu_percent, rss_bytes) for each running instance pid."""
+        """Instance name -> (cpu_percent, rss_bytes), for at least each
+        running instance pid asked about."""
         now = time.monotonic()
+        last = self._last
+        # A status loop asks again and again for what it asked last: one
+        # C-level subset test answers it, not a check per instance.
+        if last is not None and now - last[0] < self.fresh_for and pids.items() <= last[1].items():
+            return last[2]
         figures: dict[str, Figures] = {}
         stale: dict[str, int] = {}
+        oldest = now
         for name, pid in pids.items():
             reading = self.readings.get(name)
             if reading is not None and reading.sample.pid == pid \
                     and now - reading.sample.when < self.fresh_for:
                 figures[name] = reading.figures
+                oldest = min(oldest, reading.sample.when)
             else:
                 stale[name] = pid
         if stale:
             figures.update(self._read(stale, now))
+            self._forget_others(pids)
+        self._last = (oldest, pids, figures)
         return figures
 
-    def prune(self, running: set[str]) -> None:
-        """Forget the readings of instances that no longer have a process."""
-        for name in self.readings.keys() - running:
+    def _forget_others(self, pids: dict[str, int]) -> None:
+        """Drop the readings of processes that are no longer a worker's."""
+        for name in [name for name, reading in self.readings.items()
+                     if name not in pids and not self.groups.is_leader(reading.sample.pid)]:
             del self.readings[name]
 
     def _read(self, pids: dict[str, int], now: float) -> dict[str, Figures]:
