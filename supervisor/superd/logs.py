@@ -67,13 +67,28 @@ def _ignore_failure(path: str, message: str) -> None:
     pass
 
 
+class DropTally:
+    """Bytes dropped by all log files together: zero says none dropped any,
+    without asking each of thousands."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, count: int) -> None:
+        self.total += count
+
+
 class LogFile:
     """One log file with size-based rotation; owns its fd."""
 
     def __init__(self, path: str, settings: LogConfig,
-                 on_failure: FailureReport = _ignore_failure) -> None:
+                 on_failure: FailureReport = _ignore_failure,
+                 tally: DropTally | None = None) -> None:
         self.path = path
         self.on_failure = on_failure
+        self.tally = tally or DropTally()
         self.maxbytes = settings.maxbytes
         self.backups = settings.backups
         self.fd: int | None = None
@@ -127,6 +142,10 @@ class LogFile:
             self._recovered()
 
     # -- moving bytes -----------------------------------------------------
+    def _dropped(self, count: int) -> None:
+        self.dropped += count
+        self.tally.add(count)
+
     def take_from(self, pipe: int, budget: int) -> int | None:
         """Move up to budget bytes from pipe; how many, or None once the pipe hit EOF."""
         moved = 0
@@ -137,7 +156,7 @@ class LogFile:
                     return moved
                 if count == 0:
                     return None
-                self.dropped += count
+                self._dropped(count)
                 moved += count
                 continue
             room = self._room()
@@ -199,7 +218,7 @@ class LogFile:
                 written = os.write(self._fd(), view)
             except OSError as exc:
                 self._failed(exc)
-                self.dropped += len(view)
+                self._dropped(len(view))
                 return
             self.size += written
             view = view[written:]
@@ -417,6 +436,7 @@ class Logs:
         # One LogFile per path: instances (or both streams) naming the same file
         # share its offset and rotation instead of overwriting each other.
         self.files: dict[str, LogFile] = {}
+        self.drops = DropTally()
         self.daemon_log = daemon_log  # when detached: the daemon's stdout/stderr go there
 
     def logs_of(self, name: str, stdout: LogConfig, stderr: LogConfig) -> InstanceLogs:
@@ -439,7 +459,7 @@ class Logs:
     def _file(self, path: str, settings: LogConfig) -> LogFile:
         log_file = self.files.get(path)
         if log_file is None:
-            log_file = self.files[path] = LogFile(path, settings, self._failed)
+            log_file = self.files[path] = LogFile(path, settings, self._failed, self.drops)
             log_file.open()
         else:
             log_file.configure(settings)
@@ -542,9 +562,8 @@ class Logs:
 
     def dropped_by_instance(self) -> dict[str, int]:
         """Instance name -> bytes dropped, for the instances that dropped any."""
-        # Usually no file has dropped anything: one pass over them says so.
-        if not any(log_file.dropped for log_file in self.files.values()):
-            return {}
+        if not self.drops.total:
+            return {}  # the usual case, told by one number
         return {name: count for name, entry in self.instances.items()
                 if (count := entry.dropped())}
 

@@ -89,8 +89,10 @@ class Registry:
     # -- names -------------------------------------------------------------
     def resolve(self, names: list[str]) -> list[Instance]:
         """Expand `all`, worker names and instance names; keep order, no repeats."""
+        if not names or names == ["all"]:
+            return self.instances()  # what status asks, over and over
         found: dict[str, Instance] = {}
-        for name in names or ["all"]:
+        for name in names:
             matches = self.match(name)
             if not matches and name != "all":  # `all` of no workers is no error
                 raise UnknownName(f"no such worker: {name}")

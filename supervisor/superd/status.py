@@ -32,10 +32,11 @@ STATE_NAMES = {state: state.value for state in State}
 exit_words = functools.lru_cache(maxsize=1024)(describe_exit)
 
 # A row: its fixed fields' text, its uptime, then the fields that change by
-# themselves (kept as text per instance while they are the same).
-RUNNING = '%s,"uptime":%.3f%s'
-STOPPED = '%s,"uptime":null%s'
-FIGURES = ',"cpu_percent":%s,"rss_bytes":%s,"log_dropped_bytes":%d}'
+# themselves (kept as text per instance while they are the same), and the
+# "," before the next row.
+UPTIME = ',"uptime":%.3f'
+STOPPED = ',"uptime":null'
+FIGURES = ',"cpu_percent":%s,"rss_bytes":%s,"log_dropped_bytes":%d},'
 
 
 def fixed_fields(instance: Instance) -> Row:
@@ -59,54 +60,66 @@ def description(instance: Instance) -> str:
     return exit_words(instance.exit_status) if instance.pid is None else ""
 
 
+class RowParts:
+    """One instance's row as kept text: its fixed fields (without the closing
+    brace) while what they are made of is equal, and the changing fields
+    while the figures and the dropped bytes are the same."""
+
+    __slots__ = ("instance", "key", "fixed", "figures", "dropped", "tail")
+
+    def __init__(self, instance: Instance, key: tuple[object, ...]) -> None:
+        self.instance, self.key = instance, key
+        self.fixed = to_json(fixed_fields(instance))[:-1]
+        self.figures: Figures | None = None
+        self.dropped = 0
+        self.tail = ""
+
+    def set_tail(self, figures: Figures, dropped: int) -> None:
+        self.figures, self.dropped = figures, dropped
+        self.tail = FIGURES % (*map(_json_number, figures), dropped)
+
+
 class StatusReport:
     def __init__(self, registry: Registry, logs: Logs) -> None:
         self.registry = registry
         self.logs = logs
         self.resources = ResourceSampler(is_leader=lambda pid: registry.by_pid(pid) is not None)
-        # name -> (the instance, what its fixed fields were made of, their JSON
-        # text without the closing brace)
-        self._fixed: dict[str, tuple[Instance, tuple[object, ...], str]] = {}
-        # name -> ((figures, dropped bytes), their JSON text)
-        self._tails: dict[str, tuple[tuple[Figures, int], str]] = {}
+        self._parts: dict[str, RowParts] = {}
 
     def rows_json(self, instances: list[Instance]) -> str:
         """The rows as one JSON array, with figures at most FRESH_FOR seconds old."""
         figures = self.resources.measure({i.name: i.pid for i in instances if i.pid is not None})
-        if len(self._fixed) > len(configured := self.registry.instances()):
+        if len(self._parts) > len(configured := self.registry.instances()):
             self._forget_removed(configured)
-        return "[" + ",".join(self._texts(instances, figures)) + "]"
+        return "".join(self._texts(instances, figures))
 
     def _texts(self, instances: list[Instance], figures: dict[str, Figures]) -> list[str]:
-        # One loop, locals only: this runs once per instance per status call.
-        now, fixed_texts, tails, texts = time.monotonic(), self._fixed, self._tails, []
+        """The pieces of the JSON array, to be joined (one copy, not one per row)."""
+        # One loop, locals only: this runs once per instance per status call,
+        # and touching each instance's objects is most of its cost.
+        now, kept, texts = time.monotonic(), self._parts, ["["]
         dropped = self.logs.dropped_by_instance().get
         for instance in instances:
             name, pid = instance.name, instance.pid
             key = (instance.state, pid, instance.restarts, instance.exit_status,
                    instance.shortage, instance.status_text, instance.config)
-            fixed = fixed_texts.get(name)
-            if fixed is None or fixed[0] is not instance or fixed[1] != key:
-                fixed = fixed_texts[name] = (instance, key, to_json(fixed_fields(instance))[:-1])
+            parts = kept.get(name)
+            if parts is None or parts.instance is not instance or parts.key != key:
+                parts = kept[name] = RowParts(instance, key)
             started = None if pid is None else instance.started_at  # None: no process
-            tail_key = (NO_FIGURES if started is None else figures.get(name, NO_FIGURES),
-                        dropped(name, 0))
-            tail = tails.get(name)
-            if tail is None or tail[0] != tail_key:
-                tail = tails[name] = (tail_key, FIGURES % (*map(_json_number, tail_key[0]),
-                                                           tail_key[1]))
-            if started is None:
-                texts.append(STOPPED % (fixed[2], tail[1]))
-            else:
-                texts.append(RUNNING % (fixed[2], now - started, tail[1]))
+            shown = NO_FIGURES if started is None else figures.get(name, NO_FIGURES)
+            lost = dropped(name, 0)
+            if parts.figures is not shown or parts.dropped != lost:
+                parts.set_tail(shown, lost)
+            texts += (parts.fixed, STOPPED if started is None else UPTIME % (now - started),
+                      parts.tail)
+        texts[-1] = texts[-1][:-1] + "]" if len(texts) > 1 else "[]"  # no "," after the last
         return texts
 
     def _forget_removed(self, configured: list[Instance]) -> None:
         names = {instance.name for instance in configured}
-        for name in self._fixed.keys() - names:
-            del self._fixed[name]
-        for name in self._tails.keys() - names:
-            del self._tails[name]
+        for name in self._parts.keys() - names:
+            del self._parts[name]
 
 
 def _json_number(value: float | None) -> str:
