@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,30 @@ def test_a_failing_log_file_reports_once_per_episode(tmp_path: Path) -> None:
     log_file.write(b"y")
     assert [where for where, _ in reports] == [str(path)]
     assert log_file.dropped == 2
+
+
+@pytest.mark.parametrize("words", [
+    [], ["-c", "a.yaml"], ["--config", "a.yaml", "--foreground"], ["--check", "-c", "b"],
+    ["--foreground", "--check"], ["-c", "a", "-c", "b"], ["--foreground", "--foreground"],
+])
+def test_the_daemons_quick_parse_agrees_with_argparse(words: list[str]) -> None:
+    from superd.daemon import _argparse, _quick_parse
+
+    assert _quick_parse(words) == _argparse(words)
+
+
+@pytest.mark.parametrize("words", [["--config=a"], ["-c"], ["-c", "--check"], ["--help"],
+                                   ["--version"], ["-ca"], ["--fore"]])
+def test_the_daemons_quick_parse_leaves_the_rest_to_argparse(words: list[str]) -> None:
+    from superd.daemon import _quick_parse
+
+    assert _quick_parse(words) is None
+
+
+def test_the_daemon_leaves_big_modules_it_does_not_need_unimported() -> None:
+    # Each would stay in the daemon's memory for good (typing alone is 0.7 MB).
+    code = ("import sys; from superd import daemon; daemon.parse_args(['-c', 'x']); "
+            "print(sorted({'typing', 'argparse', 'random'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -19,7 +19,7 @@ from superd.config import BackoffConfig, ReadyConfig, WorkerConfig, load
 from superd.registry import Registry
 from superd.states import ALLOWED, TRANSITIONS, Event, State
 from superd.status import StatusReport, description
-from superd.worker import Instance, backoff_delay
+from superd.worker import Instance, backoff_delay, random_unit
 
 
 class FakeTimer:
@@ -173,11 +173,18 @@ def test_stop_during_backoff_cancels_the_retry(tmp_path: Path) -> None:
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
     rng = random.Random(7)
-    delays = [backoff_delay(0.1, 1.0, failures, rng) for failures in range(1, 10)]
+    delays = [backoff_delay(0.1, 1.0, failures, rng.random()) for failures in range(1, 10)]
     assert 0.05 <= delays[0] <= 0.1
     assert max(delays) <= 1.0
     assert delays[3] > 0.4  # 0.8 nominal, at least half of it
     assert len(set(delays[5:])) > 1  # capped ones still spread out
+
+
+def test_the_daemons_jitter_is_uniform_in_the_unit_interval() -> None:
+    units = [random_unit() for _ in range(4000)]
+    assert all(0.0 <= unit < 1.0 for unit in units)
+    assert 0.45 < sum(units) / len(units) < 0.55
+    assert min(units) < 0.05 and max(units) > 0.95
 
 
 def os_error(code: int) -> OSError:

@@ -11,7 +11,6 @@ import codecs
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from . import __version__
 from .config import parse_signal
@@ -24,9 +23,14 @@ from .protocol import Kind
 from .registry import UnknownName
 from .reload import ReloadRefused
 from .states import State
-from .status import Row
 from .supervisor import Supervisor
 from .worker import Instance
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from .status import Row
 
 FOLLOW_LIMIT = 1 << 20  # a follower this far behind is cut off
 MAX_LINES = 100_000
@@ -54,13 +58,14 @@ def describe_failure(instance: Instance) -> str:
     return describe_exit(instance.exit_status) or f"ended {instance.state.value}"
 
 
-class DaemonHooks(Protocol):
-    """What the commands ask of the daemon itself."""
+if TYPE_CHECKING:
+    class DaemonHooks(Protocol):
+        """What the commands ask of the daemon itself."""
 
-    @property
-    def shutting_down(self) -> bool: ...
-    def shutdown(self, on_done: Callable[[], None] | None) -> None: ...
-    def reload(self, on_done: Callable[[dict[str, Any]], None]) -> None: ...
+        @property
+        def shutting_down(self) -> bool: ...
+        def shutdown(self, on_done: Callable[[], None] | None) -> None: ...
+        def reload(self, on_done: Callable[[dict[str, Any]], None]) -> None: ...
 
 
 class Commands:

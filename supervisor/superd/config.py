@@ -17,7 +17,6 @@ import signal
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from typing import NamedTuple, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -25,7 +24,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .deps import find_cycles
 from .names import instance_name
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 SYSTEM_CONFIG_PATH = "/etc/superd/superd.yaml"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -254,9 +257,13 @@ def load(path: str) -> Config:
     return config
 
 
-class _Entry(NamedTuple):
-    key: Node
-    value: Node
+class _Entry:
+    """A key and its value, as YAML nodes (they carry the line numbers)."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: Node, value: Node) -> None:
+        self.key, self.value = key, value
 
 
 class _Context:

@@ -22,7 +22,6 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from .loop import Loop, Timer
 from .protocol import MAX_REQUEST, Decoder, FrameError, Kind, TooLarge, encode, frame, to_json
@@ -39,7 +38,11 @@ ACCEPT_RETRY = (0.1, 1.0)  # first and longest pause after accept() failed
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
 UCRED = struct.Struct("3i")
 
-Dispatch = Callable[[str, dict[str, Any], "Reply"], None]
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Dispatch: TypeAlias = Callable[[str, dict[str, Any], "Reply"], None]
 
 
 def error_message(request_id: Any, code: str, message: str) -> dict[str, Any]:

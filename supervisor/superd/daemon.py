@@ -7,7 +7,6 @@ readiness pipe) that the daemon is up.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import gc
 import logging
@@ -16,7 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 from . import __version__
 from .commands import Commands
@@ -33,6 +32,10 @@ from .reload import Plan, ReloadRefused, diff, missing_sockets, summary_lines
 from .running import RunningConfig
 from .spawn import become_subreaper, raise_nofile_limit
 from .supervisor import Supervisor
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("superd")
 
@@ -409,7 +412,40 @@ def run_foreground(config: Config) -> int:
 
     return run_daemon(config, ready, systemd="NOTIFY_SOCKET" in os.environ, own_log=own_log)
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class DaemonArgs:
+    config: str | None = None
+    foreground: bool = False
+    check: bool = False
+
+
+def parse_args(argv: list[str] | None) -> DaemonArgs:
+    """The command line.  `-c FILE`, `--config FILE`, `--foreground` and
+    `--check` are read here; anything else (help, version, a mistake) goes to
+    argparse, which is imported only then: it would stay in the daemon's
+    memory for good."""
+    words = sys.argv[1:] if argv is None else argv
+    return _quick_parse(words) or _argparse(words)
+
+
+def _quick_parse(words: list[str]) -> DaemonArgs | None:
+    config, flags = None, set()
+    rest = iter(words)
+    for word in rest:
+        if word in ("-c", "--config"):
+            config = next(rest, None)
+            if config is None or config.startswith("-"):
+                return None
+        elif word in ("--foreground", "--check"):
+            flags.add(word)
+        else:
+            return None
+    return DaemonArgs(config, "--foreground" in flags, "--check" in flags)
+
+
+def _argparse(words: list[str]) -> DaemonArgs:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="superd", description="superd process supervisor")
     parser.add_argument("-c", "--config", help="config file (default: $SUPERD_CONFIG or "
                         "the system/user default)")
@@ -417,7 +453,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="do not detach; log to stderr (for systemd and containers)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--version", action="version", version=f"superd {__version__}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(words)
+    return DaemonArgs(args.config, args.foreground, args.check)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)

@@ -26,7 +26,11 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from .events import Event, log_error_event
+from .events import log_error_event
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from .events import Event
 
 WINDOW = 1.0  # seconds: at most one line per cause in this long
 MAX_CAUSES = 1024  # causes remembered at once; past this the expired ones are forgotten
@@ -44,7 +48,7 @@ def cause(record: logging.LogRecord) -> Hashable:
     return (str(record.msg), record.levelno, words)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     written_at: float
     repeats: int = 0

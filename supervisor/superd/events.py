@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from .control import Connection, encode_event
 
 SUBSCRIBER_LIMIT = 256 << 10
 GONE_STATES = frozenset({"EXITED", "BACKOFF", "FATAL", "STOPPED"})
 
-Event = dict[str, Any]
-Listener = Callable[[Event], None]
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Event: TypeAlias = dict[str, Any]
+    Listener: TypeAlias = Callable[[Event], None]
 
 
 def state_event(name: str, old: str, new: str, pid: int | None,

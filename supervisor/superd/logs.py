@@ -83,6 +83,11 @@ class DropTally:
 class LogFile:
     """One log file with size-based rotation; owns its fd."""
 
+    # Two per instance: slots keep each one small.
+    __slots__ = ("path", "on_failure", "tally", "maxbytes", "backups", "fd", "size", "dropped",
+                 "failing_since", "retry_at", "nlink_checked", "regular", "splice_ok",
+                 "_followers")
+
     def __init__(self, path: str, settings: LogConfig,
                  on_failure: FailureReport = _ignore_failure,
                  tally: DropTally | None = None) -> None:
@@ -385,7 +390,7 @@ def make_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
-@dataclass
+@dataclass(slots=True)
 class Capture:
     """One live pipe from an instance's stream into its log file."""
 
@@ -394,7 +399,7 @@ class Capture:
     resume: Timer | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class InstanceLogs:
     stdout: LogFile
     stderr: LogFile | None  # None: merged into stdout

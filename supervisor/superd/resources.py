@@ -28,7 +28,7 @@ Figures = tuple[float | None, int | None]  # (cpu_percent, rss_bytes)
 NO_FIGURES: Figures = (None, None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProcStat:
     pid: int
     pgrp: int
@@ -37,14 +37,14 @@ class ProcStat:
     start_ticks: int  # since boot
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     pid: int
     cpu_seconds: float
     when: float  # monotonic
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reading:
     sample: Sample
     figures: Figures

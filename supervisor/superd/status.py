@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
 
 from .exits import describe_exit
 from .logs import Logs
@@ -24,7 +23,11 @@ from .resources import NO_FIGURES, Figures, ResourceSampler
 from .states import State
 from .worker import Instance
 
-Row = dict[str, Any]
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Row: TypeAlias = dict[str, Any]
 
 # State.value goes through a Python-level descriptor; a dict of str keys does not.
 STATE_NAMES = {state: state.value for state in State}

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from .config import WorkerConfig
 from .names import instance_name
 from .states import ACTIVE, ALLOWED, TRANSITIONS, Event, State
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
+    class TimerHandle(Protocol):
+        def cancel(self) -> None: ...
 
-
-class Runtime(Protocol):
-    def spawn(self, instance: Instance) -> int: ...
-    def killpg(self, pgid: int, signum: int) -> None: ...
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
-    def transition(self, instance: Instance, old: State, new: State) -> None: ...
+    class Runtime(Protocol):
+        def spawn(self, instance: Instance) -> int: ...
+        def killpg(self, pgid: int, signum: int) -> None: ...
+        def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle: ...
+        def transition(self, instance: Instance, old: State, new: State) -> None: ...
 
 
 # A spawn that fails with one of these failed for lack of superd's own
@@ -44,17 +44,25 @@ def resource_shortage(exc: OSError) -> str | None:
     return f"cannot start: {reason} ({errno.errorcode[exc.errno]}); retrying"
 
 
-# One generator for every instance (each random.Random holds 2.5 KB of state).
-_JITTER = random.Random()
+def random_unit() -> float:
+    """A number in [0, 1) for the jitter: os.urandom, not the random module
+    (its import and its generator's state cost the daemon half a megabyte)."""
+    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
 
 
-def backoff_delay(initial: float, cap: float, failures: int, rng: random.Random) -> float:
-    """Exponential in the number of failures, capped, with jitter in [d/2, d]."""
+def backoff_delay(initial: float, cap: float, failures: int, unit: float) -> float:
+    """Exponential in the number of failures, capped, with jitter in [d/2, d]
+    (unit: a random number in [0, 1))."""
     delay = min(cap, initial * 2.0 ** max(0, failures - 1))
-    return delay * rng.uniform(0.5, 1.0)
+    return delay * (0.5 + 0.5 * unit)
 
 
 class Instance:
+    # A thousand instances: slots keep each one small.
+    __slots__ = ("config", "index", "name", "runtime", "state", "pid", "started_at",
+                 "exit_status", "restarts", "failures", "shortage", "shortages",
+                 "start_after_stop", "_timer", "status_text")
+
     def __init__(self, config: WorkerConfig, index: int, runtime: Runtime) -> None:
         self.config = config
         self.index = index
@@ -136,7 +144,7 @@ class Instance:
             self._enter(State.FATAL)
             return
         backoff = self.config.backoff
-        delay = backoff_delay(backoff.initial, backoff.max, self.failures, _JITTER)
+        delay = backoff_delay(backoff.initial, backoff.max, self.failures, random_unit())
         self._enter(State.BACKOFF)
         self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
 
@@ -153,7 +161,7 @@ class Instance:
         self._cancel_timer()
         self.shortages += 1
         backoff = self.config.backoff
-        delay = backoff_delay(backoff.initial, backoff.max, self.shortages, _JITTER)
+        delay = backoff_delay(backoff.initial, backoff.max, self.shortages, random_unit())
         self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
         if self.state is not State.BACKOFF:
             self._enter(State.BACKOFF)
