@@ -73,7 +73,7 @@ class FakeDaemon:
         decoder = Decoder(MAX_REQUEST)
         while data := conn.recv(65536):
             for kind, request in decoder.feed(data):
-                assert kind is Kind.REQUEST
+                assert kind == Kind.REQUEST
                 self.requests.append(request)
                 reply = self.answer(request)
                 if reply is None:

@@ -114,10 +114,10 @@ class Client:
         for kind, message in messages:
             self._file(kind, message)
 
-    def _file(self, kind: Kind, message: dict[str, Any]) -> None:
-        if kind is Kind.EVENT:
+    def _file(self, kind: int, message: dict[str, Any]) -> None:
+        if kind == Kind.EVENT:
             self._events.append(message)
-        elif kind is Kind.REPLY:
+        elif kind == Kind.REPLY:
             request_id = message.get("id")
             if isinstance(request_id, int):
                 self._replies[request_id] = message
