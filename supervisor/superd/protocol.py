@@ -7,8 +7,9 @@ an event of at most MAX_REPLY bytes.
 
 from __future__ import annotations
 
-import json
 import struct
+
+from . import jsoncodec
 
 # Not `typing.TYPE_CHECKING`: superctl imports this module on every run, and
 # importing typing alone costs it more than the rest of its start-up work.
@@ -55,8 +56,8 @@ def limit_of(kind: int) -> int:
     return MAX_REQUEST if kind == Kind.REQUEST else MAX_REPLY
 
 
-# One encoder for every message: json.dumps with arguments builds a new one per call.
-to_json = json.JSONEncoder(separators=(",", ":")).encode
+# json.dumps(message, separators=(",", ":")), without importing json.
+to_json = jsoncodec.dumps
 
 
 def encode(kind: int, message: dict[str, Any]) -> bytes:
@@ -86,7 +87,7 @@ def parse_header(header: bytes, limit: int) -> tuple[int, int]:
 
 def parse_body(body: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(body.decode())
+        message = jsoncodec.loads(body.decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise FrameError(f"body is not JSON: {exc}") from None
     if not isinstance(message, dict):
