@@ -7,6 +7,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -577,6 +578,26 @@ def test_common_commands_import_only_what_they_need(
     assert done.stdout.splitlines()[-1] == "0 []"
     assert done.stderr == ""
 
+
+
+def test_the_superctl_command_imports_only_what_status_needs(
+    serve: Callable[[Answer], FakeDaemon]
+) -> None:
+    # The command as installed, run through its #! line: pip's wrapper for an
+    # entry point imported re before superd.cli was even loaded.
+    superctl = Path(sys.executable).with_name("superctl")
+    assert superctl.read_text().startswith("#!/"), "pip rewrites #!python to its interpreter"
+    daemon = serve(any_answer)
+    done = subprocess.run(
+        [str(superctl), "-s", daemon.path, "status"], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("NAME ")
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"superd.cli", "superd.client", "superd.jsoncodec"} <= imported
+    assert imported & set(LAZY_MODULES) == set()
 
 # --- the client -------------------------------------------------------------
 
