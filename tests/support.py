@@ -124,7 +124,7 @@ class Client:
         self.sock.settimeout(timeout)
         self.sock.connect(path)
         self.decoder = Decoder(MAX_REPLY)
-        self.pending: list[tuple[Kind, dict[str, Any]]] = []
+        self.pending: list[tuple[int, dict[str, Any]]] = []
         self.next_id = 1
 
     def send_raw(self, data: bytes) -> None:
@@ -136,7 +136,7 @@ class Client:
         self.sock.sendall(request_frame(request_id, cmd, args))
         return request_id
 
-    def receive(self) -> tuple[Kind, dict[str, Any]] | None:
+    def receive(self) -> tuple[int, dict[str, Any]] | None:
         while not self.pending:
             data = self.sock.recv(65536)
             if not data:
@@ -149,7 +149,7 @@ class Client:
         while True:
             message = self.receive()
             assert message is not None, "daemon closed the event stream"
-            if message[0] is Kind.EVENT and message[1]["event"] == kind:
+            if message[0] == Kind.EVENT and message[1]["event"] == kind:
                 return message[1]
 
     def call(self, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:

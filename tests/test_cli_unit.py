@@ -7,6 +7,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -73,7 +74,7 @@ class FakeDaemon:
         decoder = Decoder(MAX_REQUEST)
         while data := conn.recv(65536):
             for kind, request in decoder.feed(data):
-                assert kind is Kind.REQUEST
+                assert kind == Kind.REQUEST
                 self.requests.append(request)
                 reply = self.answer(request)
                 if reply is None:
@@ -537,9 +538,12 @@ def test_every_command_is_in_the_argparse_grammar() -> None:
 
 # What the common commands must not import: each costs a run of superctl
 # milliseconds (typing, argparse and its parser, the enums that socket and
-# signal build), the config (yaml) only when it is asked for.
+# signal build, json with the re and enum it imports, collections), the
+# config (yaml) only when it is asked for.
 LAZY_MODULES = ("argparse", "typing", "socket", "signal", "superd.exits", "yaml",
-                "superd.config")
+                "superd.config", "json", "re", "enum", "collections")
+# What output in JSON imports: json, and through it re, enum and collections.
+JSON_OUTPUT = ("json", "re", "enum", "collections")
 
 
 def any_answer(request: dict[str, Any]) -> dict[str, Any]:
@@ -552,19 +556,21 @@ def any_answer(request: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "argv",
-    [["status"], ["--json", "status", "web"], ["ping"], ["start", "web"], ["stop", "web"],
-     ["restart", "--no-wait", "web"]],
+    [["status"], ["status", "web"], ["--json", "status", "web"], ["ping"], ["start", "web"],
+     ["stop", "web"], ["restart", "--no-wait", "web"], ["signal", "HUP", "web"], ["shutdown"],
+     ["reopen"]],
 )
 def test_common_commands_import_only_what_they_need(
     serve: Callable[[Answer], FakeDaemon], argv: list[str]
 ) -> None:
     daemon = serve(any_answer)
+    lazy = set(LAZY_MODULES) - set(JSON_OUTPUT if "--json" in argv else ())
     script = (
         "import sys\n"
         "before = set(sys.modules)\n"
         "from superd.cli import main\n"
         f"rc = main(['-s', {daemon.path!r}, *{argv!r}])\n"
-        f"print(rc, sorted((set(sys.modules) - before) & set({LAZY_MODULES!r})))\n"
+        f"print(rc, sorted((set(sys.modules) - before) & {lazy!r}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
@@ -572,6 +578,26 @@ def test_common_commands_import_only_what_they_need(
     assert done.stdout.splitlines()[-1] == "0 []"
     assert done.stderr == ""
 
+
+
+def test_the_superctl_command_imports_only_what_status_needs(
+    serve: Callable[[Answer], FakeDaemon]
+) -> None:
+    # The command as installed, run through its #! line: pip's wrapper for an
+    # entry point imported re before superd.cli was even loaded.
+    superctl = Path(sys.executable).with_name("superctl")
+    assert superctl.read_text().startswith("#!/"), "pip rewrites #!python to its interpreter"
+    daemon = serve(any_answer)
+    done = subprocess.run(
+        [str(superctl), "-s", daemon.path, "status"], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("NAME ")
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"superd.cli", "superd.client", "superd.jsoncodec"} <= imported
+    assert imported & set(LAZY_MODULES) == set()
 
 # --- the client -------------------------------------------------------------
 

@@ -267,7 +267,7 @@ def test_bad_frames_close_only_that_connection(superd: Superd) -> None:
         client = superd.client()
         client.send_raw(frame)
         kind, reply = client.receive() or (None, {})
-        assert kind is Kind.REPLY
+        assert kind == Kind.REPLY
         assert reply["id"] is None and reply["ok"] is False
         assert reply["error"]["code"] == "bad_frame"
         assert client.receive() is None  # closed

@@ -245,7 +245,7 @@ class Subscriber:
         # Take all that is there: a reader that takes one chunk per pass would
         # itself fall behind a fast machine's churn and be cut off.
         for kind, message in self.decoder.feed(self.drain()):
-            if kind is Kind.REPLY:
+            if kind == Kind.REPLY:
                 self.replies += 1
             else:
                 self.events.append(message)
@@ -434,7 +434,7 @@ def test_reload_starts_changed_workers_after_their_dependencies(superd: Superd) 
     while ("web", "RUNNING") not in seen:
         message = events.receive()
         assert message is not None
-        if message[0] is Kind.EVENT and message[1]["event"] == "state":
+        if message[0] == Kind.EVENT and message[1]["event"] == "state":
             seen.append((message[1]["name"], message[1]["to"]))
     events.close()
     assert seen.index(("db", "RUNNING")) < seen.index(("web", "STARTING"))

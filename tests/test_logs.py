@@ -150,7 +150,7 @@ def follow_events(client: Client, until: int, timeout: float = 20.0) -> list[dic
         message = client.receive()
         assert message is not None, "daemon closed the follow connection"
         kind, event = message
-        assert kind is Kind.EVENT and event["event"] == "log", event
+        assert kind == Kind.EVENT and event["event"] == "log", event
         events.append(event)
         text += event["data"]
     return events

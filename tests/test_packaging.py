@@ -1,5 +1,6 @@
 """superd installs beside supervisord without touching it: one fresh venv holds
-both, each works, and removing superd leaves supervisord whole."""
+both, each works (superctl as a script of its own, whose #! pip points at the
+venv), and removing superd leaves supervisord whole."""
 
 from __future__ import annotations
 
@@ -61,10 +62,24 @@ def test_superd_installs_no_supervisor_package(venv: Path) -> None:
     assert not [path for path in files if path.startswith("supervisor")], files
 
 
+
+def test_superctl_is_a_script_of_its_own_run_by_the_venvs_python(venv: Path) -> None:
+    bin_dir, here = venv / "bin", venv.parent
+    shebang = (bin_dir / "superctl").read_text().splitlines()[0]
+    assert shebang.startswith("#!") and Path(shebang[2:]).parent == bin_dir, shebang
+    missing = run(bin_dir / "superctl", "-s", here / "missing.sock", "status", cwd=here)
+    assert missing.returncode == 4 and missing.stderr.startswith("superctl: cannot reach"), \
+        missing.stderr
+    helped = run(bin_dir / "superctl", "--help", cwd=here)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: superctl"), helped.stderr
+    as_module = run(bin_dir / "python", "-m", "superd.cli", "--help", cwd=here)
+    assert as_module.returncode == 0 and as_module.stdout == helped.stdout, as_module.stderr
+
 def test_removing_superd_leaves_supervisord_whole(venv: Path) -> None:
     removed = run(venv / "bin" / "pip", "uninstall", "--yes", "--quiet", "superd",
                   cwd=venv.parent)
     assert removed.returncode == 0, removed.stderr
+    assert not (venv / "bin" / "superctl").exists()
     conf = run(venv / "bin" / "echo_supervisord_conf", cwd=venv.parent)
     assert conf.returncode == 0 and "[supervisord]" in conf.stdout
     imported = run(venv / "bin" / "python", "-I", "-c",

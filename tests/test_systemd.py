@@ -320,7 +320,7 @@ def state_events_until(client: Client, last: tuple[str, str]) -> list[tuple[str,
     while last not in found:
         message = client.receive()
         assert message is not None, "daemon closed the event stream"
-        if message[0] is Kind.EVENT and message[1]["event"] == "state":
+        if message[0] == Kind.EVENT and message[1]["event"] == "state":
             found.append((message[1]["name"], message[1]["to"]))
     return found
 

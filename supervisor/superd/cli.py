@@ -5,12 +5,12 @@ Exit codes: 0 ok, 1 a command failed, 2 usage or config error,
 
 A run of superctl is mostly Python starting and importing, so what only some
 commands need is imported where they need it: argparse (cliargs.py), the
-config with its YAML library, signal names (superd.exits), typing never.
+config with its YAML library, signal names (superd.exits), json (with the re
+and enum it imports) for JSON output, typing never.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -181,8 +181,15 @@ def outcome_line(row: Row, verb: str) -> str:
     return f"{row['name']}: {state} ({error})" if error else f"{row['name']}: {state}"
 
 
+def json_text(value: object, indent: int | None = None) -> str:
+    """json.dumps, imported only for output in JSON."""
+    import json
+
+    return json.dumps(value, indent=indent)
+
+
 def print_json(value: object) -> None:
-    print(json.dumps(value, indent=2))
+    print(json_text(value, indent=2))
 
 
 # --- result shapes ----------------------------------------------------------
@@ -306,7 +313,7 @@ def print_log_data(message: Row) -> None:
 
 
 def print_json_line(message: Row) -> None:
-    print(json.dumps(message), flush=True)
+    print(json_text(message), flush=True)
 
 
 def cmd_reload(client: Client, args: Args) -> int:
@@ -334,7 +341,7 @@ def cmd_events(client: Client, args: Args) -> int:
     client.request("subscribe", {})
     try:
         for event in client.events():
-            print(json.dumps(event) if args.json else event_line(event), flush=True)
+            print(json_text(event) if args.json else event_line(event), flush=True)
     except KeyboardInterrupt:
         return EXIT_OK
     except DaemonUnreachable:
@@ -360,7 +367,7 @@ def event_line(event: Row) -> str:
     if kind == "log_error":
         return f"{stamp} log_error {event.get('name') or 'superd'}: {event.get('path')}: " \
                f"{event.get('message')}"
-    return f"{stamp} {json.dumps(event)}"
+    return f"{stamp} {json_text(event)}"
 
 
 def run_action(

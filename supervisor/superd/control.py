@@ -190,9 +190,9 @@ class Connection:
         except Exception:
             self._fail()
 
-    def send(self, kind: Kind, message: dict[str, Any]) -> None:
+    def send(self, kind: int, message: dict[str, Any]) -> None:
         """Queue an event; one that cannot be encoded is dropped (and logged)."""
-        frame = encode_event(message) if kind is Kind.EVENT \
+        frame = encode_event(message) if kind == Kind.EVENT \
             else encode_reply(message, message.get("id"))
         if frame is not None:
             self.send_frame(frame)
@@ -293,8 +293,8 @@ class Connection:
             if message is None:
                 break
             kind, body = message
-            if kind is not Kind.REQUEST:
-                self.reject_frame(f"expected a request, got kind {int(kind)}")
+            if kind != Kind.REQUEST:
+                self.reject_frame(f"expected a request, got kind {kind}")
                 return
             self.handle_request(body)
         if self.closed:

@@ -7,15 +7,15 @@ an event of at most MAX_REPLY bytes.
 
 from __future__ import annotations
 
-import json
 import struct
-from enum import IntEnum
+
+from . import jsoncodec
 
 # Not `typing.TYPE_CHECKING`: superctl imports this module on every run, and
 # importing typing alone costs it more than the rest of its start-up work.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, TypeAlias
+    from typing import Any, Final, TypeAlias
 
 MAGIC = b"SD"
 VERSION = 1
@@ -24,14 +24,24 @@ MAX_REQUEST = 1 << 20
 MAX_REPLY = 64 << 20  # replies and events: a status of many instances is big
 
 
-class Kind(IntEnum):
-    REQUEST = 1
-    REPLY = 2
-    EVENT = 3
+class Kind:
+    """The kinds of message, as the header's kind byte holds them.
 
+    Plain ints, not an IntEnum: superctl imports this module on every run,
+    and importing enum costs it some 10 ms, over half of Python's own start-up.
+    """
+
+    REQUEST: Final = 1
+    REPLY: Final = 2
+    EVENT: Final = 3
+
+
+# Every kind, derived from the class so that a new one cannot be left out
+# (its upper-case names: the class also holds dunders, some of them ints).
+KINDS = frozenset(value for name, value in vars(Kind).items() if name.isupper())
 
 if TYPE_CHECKING:
-    Message: TypeAlias = tuple[Kind, dict[str, Any]]
+    Message: TypeAlias = tuple[int, dict[str, Any]]
 
 
 class FrameError(Exception):
@@ -42,21 +52,19 @@ class TooLarge(FrameError):
     """A message to be sent is over the limit for its kind; nothing was encoded."""
 
 
-def limit_of(kind: Kind) -> int:
-    return MAX_REQUEST if kind is Kind.REQUEST else MAX_REPLY
+def limit_of(kind: int) -> int:
+    return MAX_REQUEST if kind == Kind.REQUEST else MAX_REPLY
 
 
-# One encoder for every message: json.dumps with arguments builds a new one per call.
-to_json = json.JSONEncoder(separators=(",", ":")).encode
-# Kind(n) is an enum call; a dict lookup is not.
-KINDS = {int(kind): kind for kind in Kind}
+# json.dumps(message, separators=(",", ":")), without importing json.
+to_json = jsoncodec.dumps
 
 
-def encode(kind: Kind, message: dict[str, Any]) -> bytes:
+def encode(kind: int, message: dict[str, Any]) -> bytes:
     return frame(kind, to_json(message))
 
 
-def frame(kind: Kind, body_json: str) -> bytes:
+def frame(kind: int, body_json: str) -> bytes:
     """The frame of a body that is already JSON text (ASCII: to_json escapes the rest)."""
     body = body_json.encode()
     if len(body) > limit_of(kind):
@@ -64,15 +72,14 @@ def frame(kind: Kind, body_json: str) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, len(body)) + body
 
 
-def parse_header(header: bytes, limit: int) -> tuple[Kind, int]:
-    magic, version, number, length = HEADER.unpack(header)
+def parse_header(header: bytes, limit: int) -> tuple[int, int]:
+    magic, version, kind, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise FrameError("bad magic")
     if version != VERSION:
         raise FrameError(f"unsupported version {version}")
-    kind = KINDS.get(number)
-    if kind is None:
-        raise FrameError(f"unknown kind {number}")
+    if kind not in KINDS:
+        raise FrameError(f"unknown kind {kind}")
     if length > limit:
         raise FrameError(f"body of {length} bytes exceeds {limit}")
     return kind, length
@@ -80,7 +87,7 @@ def parse_header(header: bytes, limit: int) -> tuple[Kind, int]:
 
 def parse_body(body: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(body.decode())
+        message = jsoncodec.loads(body.decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise FrameError(f"body is not JSON: {exc}") from None
     if not isinstance(message, dict):
@@ -140,7 +147,7 @@ class Decoder:
         _, length = self._header()
         return available >= HEADER.size + length
 
-    def _header(self) -> tuple[Kind, int]:
+    def _header(self) -> tuple[int, int]:
         header = bytes(self._buffer[self._start:self._start + HEADER.size])
         return parse_header(header, self.limit)
 

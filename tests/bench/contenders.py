@@ -151,7 +151,7 @@ class WireClient:
         data = self._read_frame()
         elapsed = time.perf_counter() - began
         [(kind, reply)] = self.decoder.feed(data)
-        if kind is not Kind.REPLY or reply.get("id") != request_id or not reply["ok"]:
+        if kind != Kind.REPLY or reply.get("id") != request_id or not reply["ok"]:
             raise RuntimeError(f"superd answered {cmd} with {reply}")
         return elapsed, reply["result"]
 
