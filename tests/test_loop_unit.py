@@ -171,3 +171,47 @@ def test_a_failure_of_the_machinery_leaves_run(loop: Loop, monkeypatch: pytest.M
     monkeypatch.setattr(loop._selector, "select", broken_select)
     with pytest.raises(OSError, match="selector broke"):
         loop.run()
+
+
+def test_an_event_of_an_fd_closed_in_the_same_round_reaches_no_one(loop: Loop) -> None:
+    """Two pipes ready at once: the first one's callback closes the second and
+    opens a new, empty pipe that takes its fd number (as a reaped worker's pipe
+    is replaced by its successor's).  The stale event must not reach the new
+    reader; the new pipe's own data later must."""
+    first_read, first_write = os.pipe()
+    second_read, second_write = os.pipe()
+    os.write(first_write, b"x")
+    os.write(second_write, b"x")
+    calls: list[str] = []
+    fresh: list[int] = []
+
+    def on_fresh() -> None:
+        try:
+            calls.append("fresh:" + os.read(fresh[0], 1).decode())
+        except BlockingIOError:
+            calls.append("fresh, but empty")  # woken by the stale event
+            return
+        loop.stop()
+
+    def on_any(fd: int, other: int) -> Callable[[], None]:
+        def callback() -> None:
+            os.read(fd, 1)
+            calls.append("first")
+            loop.remove_reader(fd)
+            loop.remove_reader(other)
+            os.close(other)
+            new_read, new_write = os.pipe()
+            if new_read != other:  # the kernel gives the lowest free number: other's
+                os.dup2(new_read, other)
+                os.close(new_read)
+            os.set_blocking(other, False)
+            fresh.append(other)
+            loop.add_reader(other, on_fresh)
+            loop.call_later(0.05, lambda: os.write(new_write, b"y"))
+        return callback
+
+    loop.add_reader(first_read, on_any(first_read, second_read))
+    loop.add_reader(second_read, on_any(second_read, first_read))
+    stop_within(loop)
+    loop.run()
+    assert calls == ["first", "fresh:y"]

@@ -158,8 +158,14 @@ class Loop:
             # Signals first: a child that died is reaped before any request
             # or timer can act on a stale picture of it.
             ready = sorted(events, key=lambda event: event[0].fd != self._wake_read)
+            registered = self._selector.get_map()
             for key, mask in ready:
-                self._dispatch(key.fd, mask)
+                # An fd closed by an earlier callback of this round may already
+                # be a new pipe or socket: its event is stale.  Readiness is
+                # level-triggered, so an fd that is still ready is reported
+                # again by the next select.
+                if registered.get(key.fd) is key:
+                    self._dispatch(key.fd, mask)
             self._run_due_timers()
 
     def _dispatch(self, fd: int, mask: int) -> None:
