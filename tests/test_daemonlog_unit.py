@@ -7,8 +7,17 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from superd.daemonlog import MAX_CAUSES, DaemonLog, LogWriter, RepeatLimiter, cause
+from superd.daemonlog import (
+    MAX_CAUSES,
+    DaemonLog,
+    LogWriter,
+    RepeatLimiter,
+    SecondsFormatter,
+    cause,
+)
 
 
 class FakeClock:
@@ -173,3 +182,11 @@ def test_daemon_log_publishes_from_the_loop_with_name_null(dev_full: int) -> Non
     assert event["path"] == "/x/superd.log" and event["message"] == "No space left on device"
     own_log.detach()
     assert writer.on_failure is None
+
+
+@given(st.floats(min_value=0, max_value=4e9))
+def test_the_seconds_formatter_writes_what_logging_writes(created: float) -> None:
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    record = logging.makeLogRecord({"msg": "a line", "levelname": "INFO", "levelno": 20})
+    record.created, record.msecs = created, (created - int(created)) * 1000
+    assert SecondsFormatter(fmt).format(record) == logging.Formatter(fmt).format(record)

@@ -141,6 +141,24 @@ def _restamp(record: logging.LogRecord) -> None:
     record.msecs = (record.created - int(record.created)) * 1000
 
 
+class SecondsFormatter(logging.Formatter):
+    """logging.Formatter's default time stamp, with the local time of each
+    second formatted once: a thousand restarts write thousands of lines."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime(self.default_time_format,
+                                                  self.converter(second)))
+        return f"{self._second[1]},{int(record.msecs):03d}"  # as logging's '%s,%03d'
+
+
 class LogWriter(logging.Handler):
     """Writes each formatted record as one line to fd; never raises, never blocks on
     a retry: a line that cannot be written is dropped and counted."""
@@ -223,7 +241,7 @@ def install(logger: logging.Logger, fd: int, path: str, fmt: str) -> DaemonLog:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     writer = LogWriter(fd, path)
-    writer.setFormatter(logging.Formatter(fmt))
+    writer.setFormatter(SecondsFormatter(fmt))
     limiter = RepeatLimiter(writer)
     logger.addHandler(limiter)
     return DaemonLog(writer, limiter)
