@@ -20,6 +20,9 @@ supervisord ...), one daemon at a time, each in a fresh temporary folder:
    processes; floor: `python -I -S -c pass` from this venv, interleaved.
 4. cold start (launch -> every instance RUNNING), stop all, start all, and a
    reap storm (SIGKILL every worker -> all RUNNING with new pids, then zombies).
+   Floor for cold start and the storm: a bare posix_spawn loop in this process
+   starting the same workers, each with a stdout and a stderr pipe kept open,
+   until all have exec'd (FloorFleet; it has no status to confirm with).
 5. idle context switches of the daemon (and of a helper it keeps above itself,
    superd's keeper) with all workers RUNNING; the daemon's PSS, the helper's.
 
@@ -66,6 +69,7 @@ from contenders import (  # noqa: E402
 )
 from probes import (  # noqa: E402
     BenchTimeout,
+    FloorFleet,
     PidFifo,
     context_switches,
     count_running,
@@ -166,6 +170,7 @@ class Bench:
             for contender in self.contenders:
                 self.small_session(contender, run)
         for run in range(self.plan.runs):
+            self.floor_fleet(run)
             for contender in self.contenders:
                 self.big_session(contender, run)
 
@@ -180,6 +185,17 @@ class Bench:
         finally:
             fifo.close()
         self.results["restart"].add("floor", *(value * MS for value in latencies))
+
+    def floor_fleet(self, run: int) -> None:
+        progress(f"run {run + 1}: cold start and reap storm floor")
+        fleet = FloorFleet(SLEEPER, self.plan.big, self.daemon_env, self.plan.timeout,
+                           self.plan.poll_interval)
+        try:
+            self.results["cold_start"].add("floor", fleet.cold_start())
+            self.results["reap_storm"].add("floor", fleet.reap_storm())
+        finally:
+            fleet.close()
+            reap_adopted()
 
     def restart_session(self, contender: type[Daemon], run: int) -> None:
         folder = self.root / f"restart-{contender.label}-{run}"

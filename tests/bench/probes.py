@@ -155,6 +155,67 @@ def floor_restarts(fifo: PidFifo, argv: list[str], kills: int, env: dict[str, st
     return latencies
 
 
+class FloorFleet:
+    """The floor for cold start and the reap storm: a bare posix_spawn loop
+    that starts `count` of the same worker, each with a stdout and a stderr
+    pipe kept open (as a supervisor keeps them), and waits, as the bench waits
+    for a daemon's, until every one has exec'd its program."""
+
+    def __init__(self, argv: Sequence[str], count: int, env: dict[str, str],
+                 timeout: float, poll: float) -> None:
+        self.argv, self.count, self.env = list(argv), count, env
+        self.program = _which(argv[0], env)
+        self.timeout, self.poll = timeout, poll
+        self.workers: dict[int, tuple[int, int]] = {}  # pid -> its pipes' read ends
+
+    def cold_start(self) -> float:
+        began = time.perf_counter()
+        self._spawn_all()
+        return self._wait_running(began, set())
+
+    def reap_storm(self) -> float:
+        """kill -9 every worker, reap each, spawn all again: until all run."""
+        old = set(self.workers)
+        began = time.perf_counter()
+        self._kill_all()
+        self._spawn_all()
+        return self._wait_running(began, old)
+
+    def close(self) -> None:
+        self._kill_all()
+
+    def _spawn_all(self) -> None:
+        for _ in range(self.count):
+            out_read, out_write = os.pipe2(os.O_CLOEXEC)
+            err_read, err_write = os.pipe2(os.O_CLOEXEC)
+            try:
+                pid = os.posix_spawn(self.program, self.argv, self.env, setsid=True,
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, out_write, 1),
+                                                   (os.POSIX_SPAWN_DUP2, err_write, 2)])
+            finally:
+                os.close(out_write)
+                os.close(err_write)
+            self.workers[pid] = (out_read, err_read)
+
+    def _kill_all(self) -> None:
+        for pid in self.workers:
+            os.kill(pid, signal.SIGKILL)
+        for pid, pipes in self.workers.items():
+            os.waitpid(pid, 0)
+            for fd in pipes:
+                os.close(fd)
+        self.workers.clear()
+
+    def _wait_running(self, began: float, old: set[int]) -> float:
+        name = Path(self.program).name
+        deadline = began + self.timeout
+        while count_running(os.getpid(), name, old) < self.count:
+            if time.perf_counter() > deadline:
+                raise BenchTimeout(f"floor: workers not running within {self.timeout:g}s")
+            time.sleep(self.poll)
+        return time.perf_counter() - began
+
+
 def _which(program: str, env: dict[str, str]) -> str:
     for folder in env.get("PATH", os.defpath).split(os.pathsep):
         candidate = Path(folder) / program
