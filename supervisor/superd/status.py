@@ -5,8 +5,8 @@ same list of these rows.
 A status of every instance writes one row per instance on every call, so a
 row is JSON text put together from two parts: the fields that change only
 when the instance does (its state, pid, restarts, exit, texts), encoded
-once per change and kept, and the four that change by themselves (uptime,
-CPU, memory, dropped bytes), formatted into CHANGING.  No /proc either:
+once per change and kept (RowParts), and the four that change by themselves
+(uptime, CPU, memory, dropped bytes; UPTIME and FIGURES).  No /proc either:
 resources.py keeps its readings FRESH_FOR seconds.
 """
 
