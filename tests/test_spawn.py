@@ -197,3 +197,13 @@ def test_workers_of_another_user_and_with_sockets_die_with_superd(superd: Superd
     wait_for(lambda: not any(alive(r["pid"]) for r in rows), what="workers to die")
     wait_for(lambda: not pids_tagged(superd.tag), what="no tagged process left")
     reap_adopted()
+
+
+def test_exec_candidates_follow_path_as_execvpe_does() -> None:
+    from superd.spawn import _candidates
+
+    assert _candidates("sh", {"PATH": "/a:/b"}) == (b"/a/sh", b"/b/sh")
+    assert _candidates("sh", {"PATH": "/c"}) == (b"/c/sh",)  # another PATH, another answer
+    assert _candidates("./run", {"PATH": "/a"}) == (b"./run",)
+    assert _candidates("sh", {}) == tuple(os.fsencode(os.path.join(folder, "sh"))
+                                          for folder in os.defpath.split(os.pathsep))

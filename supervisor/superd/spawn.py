@@ -143,9 +143,16 @@ def _exec_error(error_read: int) -> bytes:
 
 def _candidates(program: str, env: dict[str, str]) -> tuple[bytes, ...]:
     """The paths exec tries for program, as os.execvpe would search them."""
+    return _candidates_on(program, env.get("PATH"))
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates_on(program: str, path: str | None) -> tuple[bytes, ...]:
+    # Cached: a restart would otherwise join every folder of PATH again.
     name = os.fsencode(program)
     if os.path.dirname(name):
         return (name,)
+    env = {} if path is None else {"PATH": path}
     return tuple(os.path.join(os.fsencode(folder), name) for folder in os.get_exec_path(env))
 
 
