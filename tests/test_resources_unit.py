@@ -156,12 +156,19 @@ def test_sampler_sums_the_group_and_reads_no_one_else(tmp_path: Path) -> None:
     assert set(sampler.readings) == {"a", "b"}
 
 
-def test_a_fresh_reading_is_reused_without_reading_proc(tmp_path: Path) -> None:
+def measured_once(tmp_path: Path, fresh_for: float) \
+        -> tuple[WatchedProc, ResourceSampler, dict[str, tuple[float | None, int | None]]]:
+    """A sampler on a fake /proc after one reading of a and b, its reads forgotten."""
     fake_proc(tmp_path, HOST)
     files = WatchedProc(str(tmp_path), forbidden=set())
-    sampler = ResourceSampler(files, fresh_for=60.0)
+    sampler = ResourceSampler(files, fresh_for=fresh_for)
     first = sampler.measure({"a": 10, "b": 20})
     files.paths.clear()
+    return files, sampler, first
+
+
+def test_a_fresh_reading_is_reused_without_reading_proc(tmp_path: Path) -> None:
+    files, sampler, first = measured_once(tmp_path, 60.0)
     assert sampler.measure({"a": 10, "b": 20}) == first
     assert files.paths == []
     sampler.measure({"a": 10, "b": 22})  # b has a new process: only b is read
@@ -192,11 +199,7 @@ def test_readings_of_processes_no_longer_workers_are_forgotten(tmp_path: Path) -
 
 
 def test_the_last_answer_serves_a_repeat_until_a_reading_is_stale(tmp_path: Path) -> None:
-    fake_proc(tmp_path, HOST)
-    files = WatchedProc(str(tmp_path), forbidden=set())
-    sampler = ResourceSampler(files, fresh_for=0.3)
-    first = sampler.measure({"a": 10, "b": 20})
-    files.paths.clear()
+    files, sampler, first = measured_once(tmp_path, 0.3)
     assert sampler.measure({"b": 20}) is first and files.paths == []
     wait_for(lambda: sampler.measure({"b": 20}) is not first, what="a stale reading")
     assert "20/stat" in files.paths  # read afresh
