@@ -19,7 +19,9 @@ from .states import ACTIVE, ALLOWED, TRANSITIONS, Event, State
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Any, Protocol, TypeVar
+
+    T = TypeVar("T")
 
     class TimerHandle(Protocol):
         def cancel(self) -> None: ...
@@ -61,7 +63,7 @@ class Instance:
     # A thousand instances: slots keep each one small.
     __slots__ = ("config", "index", "name", "runtime", "state", "pid", "started_at",
                  "exit_status", "restarts", "failures", "shortage", "shortages",
-                 "start_after_stop", "_timer", "status_text")
+                 "start_after_stop", "_timer", "_timer_due", "status_text")
 
     def __init__(self, config: WorkerConfig, index: int, runtime: Runtime) -> None:
         self.config = config
@@ -78,6 +80,7 @@ class Instance:
         self.shortages = 0  # spawns in a row that failed for lack of resources
         self.start_after_stop = False
         self._timer: TimerHandle | None = None
+        self._timer_due: tuple[Event, float] | None = None  # what the timer fires, and when
         self.status_text = ""  # the worker's last sd_notify STATUS=
 
     # -- the public face: events in --------------------------------------
@@ -118,6 +121,36 @@ class Instance:
             return None
         return time.monotonic() - self.started_at
 
+    # -- hand-over to a new image of superd (a re-exec) ------------------
+    def snapshot(self) -> dict[str, object]:
+        """What the state machine holds, as JSON values.  Monotonic times stay
+        valid across an exec of the same process: one boot, one clock."""
+        due = self._timer_due
+        return {"name": self.name, "state": self.state.value, "pid": self.pid,
+                "started_at": self.started_at, "exit_status": self.exit_status,
+                "restarts": self.restarts, "failures": self.failures,
+                "shortage": self.shortage, "shortages": self.shortages,
+                "start_after_stop": self.start_after_stop, "status_text": self.status_text,
+                "timer": None if due is None else [due[0].value, due[1]]}
+
+    def resume(self, snapshot: dict[str, Any]) -> None:
+        """Go on from a snapshot the image before took of this instance: the
+        same state (no transition: nothing happened), its timer armed for the
+        time it had left."""
+        self.state = State(snapshot["state"])
+        self.pid = _optional(int, snapshot["pid"])
+        self.started_at = _optional(float, snapshot["started_at"])
+        self.exit_status = _optional(int, snapshot["exit_status"])
+        self.restarts, self.failures = int(snapshot["restarts"]), int(snapshot["failures"])
+        self.shortage = _optional(str, snapshot["shortage"])
+        self.shortages = int(snapshot["shortages"])
+        self.start_after_stop = bool(snapshot["start_after_stop"])
+        self.status_text = str(snapshot["status_text"])
+        self._cancel_timer()
+        if snapshot["timer"] is not None:
+            event, at = snapshot["timer"]
+            self._arm(max(0.0, float(at) - time.monotonic()), Event(event))
+
     # -- handlers named in states.TRANSITIONS ----------------------------
     def _ignore(self) -> None:
         pass
@@ -146,12 +179,11 @@ class Instance:
         backoff = self.config.backoff
         delay = backoff_delay(backoff.initial, backoff.max, self.failures, random_unit())
         self._enter(State.BACKOFF)
-        self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
+        self._arm(delay, Event.RETRY)
 
     def _start_timed_out(self) -> None:
         # No readiness report within start_timeout: end this try; the death that
         # follows is an ordinary failed start (BACKOFF, then FATAL).
-        self._timer = None
         if self.pid is not None:
             self.runtime.killpg(self.pid, signal.SIGKILL)
 
@@ -162,7 +194,7 @@ class Instance:
         self.shortages += 1
         backoff = self.config.backoff
         delay = backoff_delay(backoff.initial, backoff.max, self.shortages, random_unit())
-        self._timer = self.runtime.call_later(delay, lambda: self.handle(Event.RETRY))
+        self._arm(delay, Event.RETRY)
         if self.state is not State.BACKOFF:
             self._enter(State.BACKOFF)
 
@@ -177,9 +209,7 @@ class Instance:
         self._enter(State.STOPPING)
         assert self.pid is not None
         self.runtime.killpg(self.pid, self.config.stopsignal)
-        self._timer = self.runtime.call_later(
-            self.config.stoptimeout, lambda: self.handle(Event.KILL)
-        )
+        self._arm(self.config.stoptimeout, Event.KILL)
 
     def _kill_group(self) -> None:
         if self.pid is not None:
@@ -215,21 +245,27 @@ class Instance:
         # The start timer is armed before STARTING is announced: a listener
         # may make the instance ready at once (a TCP probe that connects), and
         # a timer armed after that would outlive this try.
-        self._timer = self._start_timer()
+        self._arm_start_timer()
         self._enter(State.STARTING)
         if self.config.ready.kind == "none" and self.config.startsecs <= 0:
             self._mark_running()
 
-    def _start_timer(self) -> TimerHandle | None:
+    def _arm_start_timer(self) -> None:
         if self.config.ready.kind != "none":
             # Readiness alone decides; startsecs plays no part.
-            if self.config.start_timeout <= 0:
-                return None
-            return self.runtime.call_later(self.config.start_timeout,
-                                           lambda: self.handle(Event.TIMEOUT))
-        if self.config.startsecs <= 0:
-            return None
-        return self.runtime.call_later(self.config.startsecs, lambda: self.handle(Event.UP))
+            if self.config.start_timeout > 0:
+                self._arm(self.config.start_timeout, Event.TIMEOUT)
+        elif self.config.startsecs > 0:
+            self._arm(self.config.startsecs, Event.UP)
+
+    def _arm(self, delay: float, event: Event) -> None:
+        """One timer at a time: `event` in `delay` seconds."""
+        def fire() -> None:
+            self._timer, self._timer_due = None, None
+            self.handle(event)
+
+        self._timer = self.runtime.call_later(delay, fire)
+        self._timer_due = (event, time.monotonic() + delay)
 
     def _spawn_failed(self, exc: OSError) -> None:
         self.pid = None
@@ -263,4 +299,8 @@ class Instance:
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        self._timer, self._timer_due = None, None
+
+
+def _optional(kind: Callable[[Any], T], value: object) -> T | None:
+    return None if value is None else kind(value)
