@@ -412,11 +412,7 @@ class InstanceLogs:
         return [self.stdout, self.stderr]
 
     def dropped(self) -> int:
-        # Not sum(files()): status asks this of every instance on every call.
-        stdout, stderr = self.stdout, self.stderr
-        if stderr is None or stderr is stdout:
-            return stdout.dropped
-        return stdout.dropped + stderr.dropped
+        return sum(log_file.dropped for log_file in self.files())
 
 
 def log_paths(log_dir: str, name: str, stdout: LogConfig, stderr: LogConfig) \

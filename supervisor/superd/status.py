@@ -92,9 +92,11 @@ class StatusReport:
     def rows_json(self, instances: list[Instance]) -> str:
         """The rows as one JSON array, with figures at most FRESH_FOR seconds old."""
         figures = self.resources.measure({i.name: i.pid for i in instances if i.pid is not None})
-        if len(self._parts) > len(configured := self.registry.instances()):
-            self._forget_removed(configured)
-        return "".join(self._texts(instances, figures))
+        kept = len(self._parts)
+        text = "".join(self._texts(instances, figures))
+        if len(self._parts) > kept:  # a new name: a reload may have removed others
+            self._forget_removed(self.registry.instances())
+        return text
 
     def _texts(self, instances: list[Instance], figures: dict[str, Figures]) -> list[str]:
         """The pieces of the JSON array, to be joined (one copy, not one per row)."""
