@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import signal
 import socket
 import struct
@@ -396,3 +397,19 @@ def test_worker_runs_as_configured_user(superd: Superd) -> None:
     lines = wait_for(lambda: len(out.read_text().split()) == 2 and out.read_text().split())
     nobody = pwd.getpwnam("nobody")
     assert lines == [str(nobody.pw_uid), nobody.pw_dir]
+
+
+def test_every_daemon_log_line_starts_with_its_local_time_to_the_millisecond(
+        superd: Superd) -> None:
+    superd.start({"a": worker(SLEEPER, numprocs=3)})
+    pid = superd.wait_state("a:0", "RUNNING")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: superd.status("a:0")["pid"] not in (None, pid), what="a restart")
+    lines = (superd.folder / "log" / "superd.log").read_text().splitlines()
+    assert len(lines) >= 8  # started, 3 instances up, a death and a restart
+    stamp = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) [A-Z]+ ")
+    for line in lines:
+        match = stamp.match(line)
+        assert match, line
+        written = time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S"))
+        assert abs(written - time.time()) < 120, line  # local time, and this run's
