@@ -357,3 +357,61 @@ def test_status_rows_follow_every_change_of_an_instance(tmp_path: Path) -> None:
     [fresh] = json.loads(report.rows_json([successor]))
     assert (fresh["state"], fresh["restarts"], fresh["status_text"]) == ("STOPPED", 0, "")
 
+
+def handed_over(instance: Instance, tmp_path: Path, **changes: object) \
+        -> tuple[Instance, FakeRuntime]:
+    """The instance as a new image takes it over: a JSON round trip of its snapshot."""
+    runtime = FakeRuntime()
+    successor = Instance(make_worker(tmp_path, **changes), instance.index, runtime)
+    successor.resume(json.loads(json.dumps(instance.snapshot())))
+    return successor, runtime
+
+
+def test_a_handed_over_instance_is_the_same_and_makes_no_transition(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startsecs=0.0), 0, runtime)
+    instance.handle(Event.START)
+    instance.died(EXIT_1)  # restarted at once: restarts 1, a new pid
+    instance.report_status("serving")
+    successor, new_runtime = handed_over(instance, tmp_path, startsecs=0.0)
+    assert successor.snapshot() == instance.snapshot()
+    assert successor.state is State.RUNNING and successor.pid == instance.pid
+    assert new_runtime.moves == [] and new_runtime.timers == []
+
+
+@pytest.mark.parametrize(("setup", "state", "event_after"), [
+    ("starting", State.STARTING, State.RUNNING),  # startsecs elapse: UP
+    ("backoff", State.BACKOFF, State.STARTING),  # the retry spawns again
+    ("stopping", State.STOPPING, State.STOPPING),  # stoptimeout: SIGKILL, still STOPPING
+])
+def test_a_handed_over_timer_runs_on_for_the_time_it_had_left(
+        tmp_path: Path, setup: str, state: State, event_after: State) -> None:
+    runtime = FakeRuntime()
+    changes: dict[str, object] = {"startsecs": 30.0, "stoptimeout": 30.0,
+                                  "backoff": BackoffConfig(initial=30.0, max=30.0)}
+    instance = Instance(make_worker(tmp_path, **changes), 0, runtime)
+    instance.handle(Event.START)
+    if setup == "backoff":
+        instance.died(EXIT_1)  # a failed start: BACKOFF, its retry timer armed
+    elif setup == "stopping":
+        runtime.fire()  # startsecs: RUNNING
+        instance.handle(Event.STOP)
+    assert instance.state is state
+    [armed] = [timer for timer in runtime.timers if not timer.cancelled]
+    successor, new_runtime = handed_over(instance, tmp_path, **changes)
+    [resumed] = new_runtime.timers
+    assert successor.state is state and 0 < resumed.delay <= armed.delay
+    new_runtime.fire()
+    assert successor.state is event_after
+    if setup == "stopping":
+        assert new_runtime.signals[-1] == (successor.pid, signal.SIGKILL)
+
+
+def test_a_fired_timer_is_not_handed_over(tmp_path: Path) -> None:
+    runtime = FakeRuntime()
+    instance = Instance(make_worker(tmp_path, startsecs=1.0), 0, runtime)
+    instance.handle(Event.START)
+    runtime.fire()  # RUNNING: nothing is due any more
+    assert instance.snapshot()["timer"] is None
+    successor, new_runtime = handed_over(instance, tmp_path, startsecs=1.0)
+    assert successor.state is State.RUNNING and new_runtime.timers == []

@@ -32,6 +32,7 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
+REEXEC_TIMEOUT = 60.0  # seconds for a new image to answer after `reexec` was accepted
 
 STATE_COLOURS = {
     "RUNNING": "32",
@@ -216,10 +217,43 @@ def cmd_ping(client: Client, args: Args) -> int:
     if args.json:
         print_json(info)
     else:
-        print(
-            f"superd {info['version']} pid {info['pid']} uptime {format_duration(info['uptime'])}"
-        )
+        line = f"superd {info['version']} pid {info['pid']} uptime " \
+            f"{format_duration(info['uptime'])}"
+        if info.get("reexecs"):
+            line += f" re-execs {info['reexecs']}"
+        print(line)
     return EXIT_OK
+
+
+def cmd_reexec(client: Client, args: Args) -> int:
+    """Re-exec superd in place (after an upgrade): every worker keeps running."""
+    before = as_object(client.request("reexec", {}))
+    client.close()  # the old image closes it anyway
+    after = wait_for_new_image(client.path, int(before["reexecs"]))
+    if after is None:
+        fail("superd accepted the re-exec but the new image did not answer; see its log")
+        return EXIT_FAILED
+    if args.json:
+        print_json(after)
+    else:
+        print(f"superd re-executed in place: superd {after['version']} pid {after['pid']}, "
+              f"re-execs {after['reexecs']}")
+    return EXIT_OK
+
+
+def wait_for_new_image(path: str, reexecs: int, timeout: float = REEXEC_TIMEOUT) -> Row | None:
+    """The new image's ping, once it answers with `reexecs` re-execs done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with Client(path) as client:
+                info = as_object(client.request("ping", {}))
+        except DaemonUnreachable:
+            info = {}
+        if int(info.get("reexecs") or 0) >= reexecs:
+            return info
+        time.sleep(0.05)
+    return None
 
 
 def cmd_status(client: Client, args: Args) -> int:
@@ -298,6 +332,9 @@ def follow_logs(client: Client, show: Callable[[Row], None]) -> int:
     """Print pushed output until interrupted or until superd goes (both exit 0)."""
     try:
         for event in client.events():
+            if event.get("event") == "reexec":
+                print("superctl: superd re-executed itself; following ends", file=sys.stderr)
+                return EXIT_OK
             show(event)
             if event.get("event") == "log_cut":
                 fail(str(event.get("message", "cut off by superd")))
@@ -342,6 +379,8 @@ def cmd_events(client: Client, args: Args) -> int:
     try:
         for event in client.events():
             print(json_text(event) if args.json else event_line(event), flush=True)
+            if event.get("event") == "reexec":
+                return EXIT_OK  # the daemon closes this connection now
     except KeyboardInterrupt:
         return EXIT_OK
     except DaemonUnreachable:
@@ -367,6 +406,9 @@ def event_line(event: Row) -> str:
     if kind == "log_error":
         return f"{stamp} log_error {event.get('name') or 'superd'}: {event.get('path')}: " \
                f"{event.get('message')}"
+    if kind == "reexec":
+        return f"{stamp} reexec ({event.get('reason')}): superd pid {event.get('pid')} " \
+               f"re-executes itself, re-exec {event.get('reexecs')}"
     return f"{stamp} {json_text(event)}"
 
 
@@ -394,6 +436,7 @@ COMMANDS: dict[str, Handler] = {
     "reopen": cmd_reopen,
     "reload": cmd_reload,
     "events": cmd_events,
+    "reexec": cmd_reexec,
 }
 
 

@@ -39,6 +39,7 @@ QUICK_GRAMMAR: dict[str, Grammar] = {
     "reopen": ((), None, ()),
     "reload": ((), None, ()),
     "events": ((), None, ()),
+    "reexec": ((), None, ()),
 }
 
 
@@ -170,4 +171,5 @@ def build_parser(commands: Mapping[str, object]) -> argparse.ArgumentParser:
     command("reopen")
     command("reload")
     command("events")
+    command("reexec")
     return parser

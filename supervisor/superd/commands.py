@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import os
-import time
 from collections.abc import Callable
 
 from . import __version__
@@ -64,8 +63,12 @@ if TYPE_CHECKING:
 
         @property
         def shutting_down(self) -> bool: ...
+        @property
+        def reexecs(self) -> int: ...
+        def uptime(self) -> float: ...
         def shutdown(self, on_done: Callable[[], None] | None) -> None: ...
         def reload(self, on_done: Callable[[dict[str, Any]], None]) -> None: ...
+        def reexec(self, reason: str, answer: Callable[[str | None], None]) -> None: ...
 
 
 class Commands:
@@ -76,8 +79,8 @@ class Commands:
         self.status = supervisor.status
         self.launcher = supervisor.launcher
         self.daemon = daemon
-        self.started_at = time.monotonic()
         self.subscribers = Subscribers(supervisor.bus)
+        self.followers: set[Connection] = set()  # connections that `logs -f`
 
     def dispatch(self, cmd: str, args: dict[str, Any], reply: Reply) -> None:
         handler = getattr(self, f"cmd_{cmd}", None)
@@ -106,11 +109,27 @@ class Commands:
 
     # -- commands ---------------------------------------------------------
     def cmd_ping(self, args: dict[str, Any], reply: Reply) -> None:
-        """Daemon version, pid, uptime in seconds, and what kills the workers
-        if superd dies."""
+        """Daemon version, pid, uptime in seconds (since the first image: a
+        re-exec keeps it), re-execs, and what kills the workers if superd dies."""
         reply.ok({"version": __version__, "pid": os.getpid(),
-                  "uptime": round(time.monotonic() - self.started_at, 3),
+                  "uptime": round(self.daemon.uptime(), 3), "reexecs": self.daemon.reexecs,
                   "guard": self.launcher.guard()})
+
+    def cmd_reexec(self, args: dict[str, Any], reply: Reply) -> None:
+        """Check the installed superd, reply, then exec it in place (as SIGUSR2)."""
+        def answer(refused: str | None) -> None:
+            if refused is None:
+                reply.ok({"pid": os.getpid(), "reexecs": self.daemon.reexecs + 1})
+            else:
+                reply.error("reexec_refused", refused)
+
+        self.daemon.reexec("request", answer)
+
+    def say_farewell(self, event: dict[str, Any]) -> None:
+        """Tell every `logs -f` the last event of this image (subscribers have
+        it from the bus)."""
+        for connection in list(self.followers):
+            connection.send(Kind.EVENT, event)
 
     def cmd_status(self, args: dict[str, Any], reply: Reply) -> None:
         """One row per named instance (all when none are named)."""
@@ -171,7 +190,10 @@ class Commands:
         text = log_file.tail(lines).decode(errors="replace")
         reply.ok({"name": instance.name, "stream": stream, "data": text})
         if follow:
-            follow_log(reply.connection, instance.name, stream, log_file)
+            connection = reply.connection
+            follow_log(connection, instance.name, stream, log_file)
+            self.followers.add(connection)
+            connection.when_closed(lambda: self.followers.discard(connection))
 
     def _one_instance(self, name: object) -> Instance:
         if not isinstance(name, str):

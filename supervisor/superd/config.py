@@ -15,7 +15,7 @@ import re
 import shlex
 import signal
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 
 import yaml
@@ -127,6 +127,9 @@ class Config:
     daemon: DaemonConfig
     sockets: dict[str, SocketConfig]
     workers: dict[str, WorkerConfig]
+    # The file's bytes as read: a re-exec hands them on and the new image
+    # parses them, rather than reading a file that may have changed since.
+    source: bytes = field(default=b"", compare=False, repr=False)
 
 
 def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
@@ -245,11 +248,13 @@ def parse_signal(value: object) -> int:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str) -> Config:
-    """Read and check the config file at path; raise ConfigError listing every problem."""
+def load(path: str, source: bytes | None = None) -> Config:
+    """Read and check the config file at path (or `source`, its bytes as read
+    before); raise ConfigError listing every problem."""
     context = _Context(path, os.path.dirname(os.path.abspath(path)))
-    root = _compose(context)
-    config = _config(context, root)
+    data = _read(context) if source is None else source
+    root = _compose(context, data)
+    config = _config(context, root, data)
     if context.issues:
         # A node shared through a YAML alias is checked once per use: report it once.
         unique = dict.fromkeys(context.issues)
@@ -346,13 +351,16 @@ class _Fields:
         self.context.report(entry.value if entry else None, _join(self.path, key), message)
 
 
-def _compose(context: _Context) -> Node | None:
+def _read(context: _Context) -> bytes:
     try:
         with open(context.file, "rb") as stream:
-            data = stream.read()
+            return stream.read()
     except OSError as exc:
         context.report(None, "-", f"cannot read: {exc.strerror or exc}")
         raise ConfigError(context.issues) from None
+
+
+def _compose(context: _Context, data: bytes) -> Node | None:
     try:
         return yaml.compose(data, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -365,12 +373,12 @@ def _compose(context: _Context) -> Node | None:
     raise ConfigError([issue]) from None
 
 
-def _config(context: _Context, root: Node | None) -> Config:
+def _config(context: _Context, root: Node | None, source: bytes) -> Config:
     top = {} if root is None or _is_null(root) else _mapping(context, root, "", TOP_KEYS)
     daemon = _daemon(context, _section(context, top, "daemon", DAEMON_KEYS))
     sockets = _sockets(context, _section(context, top, "sockets", None))
     workers = _workers(context, _section(context, top, "workers", None), set(sockets))
-    return Config(os.path.abspath(context.file), daemon, sockets, workers)
+    return Config(os.path.abspath(context.file), daemon, sockets, workers, source)
 
 
 def _section(

@@ -532,10 +532,30 @@ class ControlServer:
         """Which group, besides root and the daemon's user, may send commands."""
         self.group_id = grp.getgrnam(group).gr_gid if group else None
 
-    def close(self) -> None:
+    # -- a re-exec ------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def hold_accepting(self) -> None:
+        """Accept nobody for now: connects wait in the kernel's backlog (for
+        the next image, at a re-exec)."""
+        if self._accept_retry is not None:
+            self._accept_retry.cancel()
+            self._accept_retry = None
+        self.loop.remove_reader(self.sock.fileno())
+
+    def accept_again(self) -> None:
+        if not self.loop.has_reader(self.sock.fileno()):
+            self.loop.add_reader(self.sock.fileno(), self.on_accept)
+
+    def close_connections(self) -> None:
+        """Write what each client's socket takes now, then close every one."""
         for connection in list(self.connections):
             connection.write_output()
             connection.close()
+
+    def close(self) -> None:
+        self.close_connections()
         if self._accept_retry is not None:
             self._accept_retry.cancel()
         self.loop.remove_reader(self.sock.fileno())

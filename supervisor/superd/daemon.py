@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,12 +23,22 @@ from .commands import Commands
 from .config import Config, ConfigError, find_path, load
 from .control import ControlServer
 from .daemonlog import DaemonLog, install
-from .events import reload_event
+from .events import reexec_event, reload_event
+from .handover import HandoverError, decode_bytes, encode_bytes, kept_fds, read_state, refusal
 from .keeper import become_keeper
 from .launcher import Launched
 from .listen import ListenError
 from .loop import Loop, Timer
 from .notify import SystemdNotifier, notify_ready, notify_reloading, notify_stopping
+from .reexec import (
+    CRASH_WINDOW,
+    MAX_CRASHES,
+    CrashCount,
+    ImageCheck,
+    check_now,
+    exec_image,
+    unblock_signals,
+)
 from .reload import Plan, ReloadRefused, diff, missing_sockets, summary_lines
 from .running import RunningConfig
 from .spawn import become_subreaper, raise_nofile_limit
@@ -50,17 +61,28 @@ class StartupError(Exception):
 
 class Daemon:
     def __init__(self, config: Config, daemon_log: str | None = None,
-                 keeper_pid: int | None = None) -> None:
-        worker_nofile = raise_nofile_limit()  # before superd opens its first fd
+                 keeper_pid: int | None = None, worker_nofile: int | None = None,
+                 systemd: bool = False) -> None:
+        nofile = raise_nofile_limit()  # before superd opens its first fd
+        # After a re-exec the limit is raised already: workers get what the
+        # first image was started with.
+        self.launched = Launched(nofile if worker_nofile is None else worker_nofile, keeper_pid)
+        self.daemon_log = daemon_log
+        self.systemd = systemd
         self.running = RunningConfig(config)
         self.loop = Loop()
-        self.supervisor = Supervisor(self.running, self.loop, daemon_log,
-                                     Launched(worker_nofile, keeper_pid))
+        self.supervisor = Supervisor(self.running, self.loop, daemon_log, self.launched)
         self.commands = Commands(self.supervisor, self)
         self.pidfile_fd: int | None = None
         self.control: ControlServer | None = None
         self.shutdown_callbacks: list[Callable[[], None]] = []
         self.shutdown_timer: Timer | None = None
+        self.started_at = time.monotonic()  # of the first image: a re-exec keeps it
+        self.reexecs = 0
+        self.crashes = CrashCount()
+        self.reloading = False
+        self.checking = False  # the installed superd is being asked before a re-exec
+        self.reexec_reason: str | None = None  # set: the loop ends and superd execs itself
 
     # -- start-up ---------------------------------------------------------
     def start(self) -> None:
@@ -75,19 +97,47 @@ class Daemon:
             self.supervisor.open_sockets()
         except ListenError as exc:
             raise StartupError(str(exc)) from None
-        self.loop.add_signal(signal.SIGCHLD, self.supervisor.reap)
-        self.loop.add_signal(signal.SIGTERM, lambda: self.shutdown(None))
-        self.loop.add_signal(signal.SIGINT, lambda: self.shutdown(None))
-        self.loop.add_signal(signal.SIGUSR1, self.supervisor.logs.reopen)
-        self.loop.add_signal(signal.SIGHUP, self._reload_on_signal)
-        for signum in (signal.SIGUSR2,):
-            self.loop.add_signal(signum, _not_yet(signum))
+        self._handle_signals()
         become_subreaper()
         self.supervisor.orchestrator.autostart()
         # Modules, config and instances live as long as the daemon: keep them
         # out of the collector's full passes, which a restart storm triggers.
         gc.freeze()
         log.info("superd %s started (pid %d) on %s", __version__, os.getpid(), daemon.socket)
+
+    def _handle_signals(self) -> None:
+        self.loop.add_signal(signal.SIGCHLD, self.supervisor.reap)
+        self.loop.add_signal(signal.SIGTERM, lambda: self.shutdown(None))
+        self.loop.add_signal(signal.SIGINT, lambda: self.shutdown(None))
+        self.loop.add_signal(signal.SIGUSR1, self.supervisor.logs.reopen)
+        self.loop.add_signal(signal.SIGHUP, self._reload_on_signal)
+        self.loop.add_signal(signal.SIGUSR2, self._reexec_on_signal)
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Go on from the state the image before handed over (instead of start())."""
+        for fd in kept_fds(state):
+            os.set_inheritable(fd, False)  # only this exec was to keep them
+        daemon, lineage = self.running.daemon, state["daemon"]
+        self.started_at, self.reexecs = float(lineage["started_at"]), int(lineage["reexecs"])
+        self.crashes = CrashCount([float(t) for t in lineage["crashes"]])
+        self.pidfile_fd = int(state["pidfile"])
+        sock = socket.socket(fileno=int(state["control"]))
+        self.control = ControlServer(self.loop, sock, daemon.socket, daemon.socket_group,
+                                     self.commands.dispatch, daemon.max_connections)
+        self.supervisor.take_over(state["workers"])
+        self._handle_signals()
+        unblock_signals()
+        become_subreaper()
+        self.supervisor.reap()  # the children that exited during the switch
+        if lineage["shutting_down"]:
+            self.shutdown(None)  # a crash cut a shutdown short: it starts over
+        gc.freeze()
+        log.info("superd %s took over from superd %s (pid %d, re-exec %d): %d instances",
+                 __version__, state["superd"], os.getpid(), self.reexecs,
+                 len(state["workers"]["instances"]))
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
 
     @property
     def shutting_down(self) -> bool:
@@ -121,8 +171,10 @@ class Daemon:
         result = plan.result()
         log.info("reloading %s: %s", running.path, "; ".join(summary_lines(result)))
         self.supervisor.bus.publish(reload_event(result))
+        self.reloading = True
 
         def applied() -> None:
+            self.reloading = False
             notify_ready()
             on_done(result)
 
@@ -150,6 +202,115 @@ class Daemon:
             self.reload(report)
         except ReloadRefused as exc:
             log.error("SIGHUP: reload refused, nothing changed:\n%s", exc.message)
+
+    # -- re-exec ----------------------------------------------------------
+    def reexec(self, reason: str, answer: Callable[[str | None], None]) -> None:
+        """Ask the installed superd whether it can take over, then exec it in
+        place.  answer(None) comes just before the switch, answer(why) if it
+        is refused."""
+        busy = self._reexec_refusal()
+        if busy is not None:
+            answer(busy)
+            return
+        self.checking = True
+
+        def checked(refused: str | None) -> None:
+            self.checking = False
+            refused = refused or self._reexec_refusal()  # a shutdown may have begun meanwhile
+            if refused is not None:
+                log.error("re-exec refused: %s", refused)
+                answer(refused)
+                return
+            answer(None)
+            self._switch_soon(reason)
+
+        ImageCheck(self.loop, self.supervisor.registry.watch, checked)
+
+    def _reexec_refusal(self) -> str | None:
+        if self.shutting_down:
+            return "superd is shutting down"
+        if self.reloading:
+            return "a reload is being applied; try again once it is done"
+        if self.checking or self.reexec_reason is not None:
+            return "a re-exec is already under way"
+        return None
+
+    def _switch_soon(self, reason: str) -> None:
+        """End the loop after this round; serve() then execs the new image."""
+        self.reexec_reason = reason
+        assert self.control is not None
+        self.control.hold_accepting()  # new clients wait in the backlog for the next image
+        self.loop.stop()
+
+    def _reexec_on_signal(self) -> None:
+        self.reexec("signal", lambda refused: None)  # a refusal is logged by reexec()
+
+    def switch_image(self) -> None:
+        """Hand everything over to a fresh exec of the installed superd.
+        Returns only if the exec failed; this image then goes on as before."""
+        reason = self.reexec_reason or "request"
+        self.reexecs += 1
+        state = self.handover()
+        event = reexec_event(reason, self.reexecs, os.getpid())
+        log.info("re-executing (%s, re-exec %d): handing over %d instances", reason,
+                 self.reexecs, len(state["workers"]["instances"]))
+        self.supervisor.bus.publish(event)
+        self.commands.say_farewell(event)
+        assert self.control is not None
+        self.control.close_connections()  # after the event; clients reconnect
+        if self.systemd:
+            notify_reloading()
+        _flush_own_log()
+        failure = exec_image(state)
+        self.reexecs -= 1
+        self.reexec_reason = None
+        log.error("re-exec failed; going on as before: %s", failure)
+        if self.systemd:
+            notify_ready()
+        self.control.accept_again()
+
+    def handover(self) -> dict[str, Any]:
+        """The state a new image takes over (handover.py names its format)."""
+        config = self.running.config
+        assert self.control is not None and self.pidfile_fd is not None
+        return {
+            "superd": __version__,
+            "config": {"path": config.path, "source": encode_bytes(config.source)},
+            "daemon": {"started_at": self.started_at, "reexecs": self.reexecs,
+                       "crashes": self.crashes.times, "shutting_down": self.shutting_down,
+                       "keeper_pid": self.launched.keeper_pid,
+                       "worker_nofile": self.launched.nofile, "daemon_log": self.daemon_log,
+                       "systemd": self.systemd},
+            "pidfile": self.pidfile_fd,
+            "control": self.control.fileno(),
+            "workers": self.supervisor.handover(),
+        }
+
+    def recover_from_crash(self, state: dict[str, Any] | None = None) -> int:
+        """An error escaped the loop: re-exec with the state, so no worker is
+        touched; after too many, stop every worker.  Returns an exit code only
+        when superd is to exit."""
+        if not self.crashes.allows_another():
+            log.error("more than %d crashes within %gs; stopping every worker", MAX_CRASHES,
+                      CRASH_WINDOW)
+        elif (refused := check_now()) is not None:
+            log.error("cannot re-exec after the crash (%s); stopping every worker", refused)
+        else:
+            self.reexec_reason = "crash"
+            if state is None:
+                self.switch_image()
+            else:
+                self._switch_with(state)
+            log.error("stopping every worker")
+        self.stop_after_crash()
+        return EXIT_CRASHED
+
+    def _switch_with(self, state: dict[str, Any]) -> None:
+        """Re-exec with a state taken over but not yet set up (the take-over failed)."""
+        state["daemon"]["crashes"] = self.crashes.times
+        state["daemon"]["reexecs"] = int(state["daemon"]["reexecs"]) + 1
+        _flush_own_log()
+        log.error("re-exec failed: %s", exec_image(state))
 
     # -- shutdown ---------------------------------------------------------
     def shutdown(self, on_done: Callable[[], None] | None) -> None:
@@ -289,16 +450,16 @@ def _unlink(path: str) -> None:
     except FileNotFoundError:
         pass
 
-def _not_yet(signum: int) -> Callable[[], None]:
-    name = signal.Signals(signum).name
-    return lambda: log.warning("%s received: not supported in this version; ignored", name)
+def _flush_own_log() -> None:
+    for handler in log.handlers:
+        handler.flush()
 
 # -- running ----------------------------------------------------------------
 def run_daemon(config: Config, ready: Callable[[str | None], None],
                systemd: bool = False, daemon_log: str | None = None,
                own_log: DaemonLog | None = None, keeper_pid: int | None = None) -> int:
     """Start, report readiness (None) or the reason for failing, then serve."""
-    daemon = Daemon(config, daemon_log, keeper_pid)
+    daemon = Daemon(config, daemon_log, keeper_pid, systemd=systemd)
     if own_log is not None:
         own_log.attach(daemon.loop.call_later, daemon.supervisor.bus.publish)
     try:
@@ -321,15 +482,17 @@ def _start_and_serve(daemon: Daemon, ready: Callable[[str | None], None],
     return serve(daemon)
 
 def serve(daemon: Daemon) -> int:
-    """Run the loop; an error that escapes it stops every worker, then exits non-zero."""
-    try:
-        daemon.run()
-    except Exception:
-        log.exception("internal error escaped the event loop; stopping every worker")
-    else:
-        return 0
-    daemon.stop_after_crash()
-    return EXIT_CRASHED
+    """Run the loop until shutdown (0), re-exec'ing when asked; an error that
+    escapes the loop is answered by a re-exec, or by stopping every worker."""
+    while True:
+        try:
+            daemon.run()
+        except Exception:
+            log.exception("internal error escaped the event loop; re-executing with the state")
+            return daemon.recover_from_crash()
+        if daemon.reexec_reason is None:
+            return 0
+        daemon.switch_image()  # back here only if the exec failed
 
 def detach(config: Config) -> int:
     """Double fork; the launcher exits only once the daemon is ready (or not)."""
@@ -417,6 +580,8 @@ class DaemonArgs:
     config: str | None = None
     foreground: bool = False
     check: bool = False
+    resume: int | None = None  # a re-exec's new image: the fd of the state
+    can_resume: int | None = None  # the check before a re-exec: a state format
 
 
 def parse_args(argv: list[str] | None) -> DaemonArgs:
@@ -429,6 +594,10 @@ def parse_args(argv: list[str] | None) -> DaemonArgs:
 
 
 def _quick_parse(words: list[str]) -> DaemonArgs | None:
+    if len(words) == 2 and words[0] in ("--resume", "--can-resume") and words[1].isdigit():
+        number = int(words[1])
+        return DaemonArgs(resume=number) if words[0] == "--resume" \
+            else DaemonArgs(can_resume=number)
     config, flags = None, set()
     rest = iter(words)
     for word in rest:
@@ -453,12 +622,68 @@ def _argparse(words: list[str]) -> DaemonArgs:
                         help="do not detach; log to stderr (for systemd and containers)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--version", action="version", version=f"superd {__version__}")
+    # Internal, for a re-exec (see handover.py): not for users.
+    parser.add_argument("--resume", type=int, metavar="FD", help=argparse.SUPPRESS)
+    parser.add_argument("--can-resume", type=int, metavar="FORMAT", help=argparse.SUPPRESS)
     args = parser.parse_args(words)
-    return DaemonArgs(args.config, args.foreground, args.check)
+    return DaemonArgs(args.config, args.foreground, args.check, args.resume, args.can_resume)
+
+
+def resume_daemon(state_fd: int) -> int:
+    """The new image of a re-exec: take the state over and serve."""
+    try:
+        state = read_state(state_fd)
+    except HandoverError as exc:
+        print(f"superd: {exc}", file=sys.stderr)
+        return 2
+    lineage = state["daemon"]
+    daemon_log = lineage["daemon_log"]
+    own_log = setup_logging(timestamps=daemon_log is not None or "JOURNAL_STREAM" not in
+                            os.environ, path=daemon_log or "stderr")
+    saved = state["config"]
+    try:
+        config = load(saved["path"], decode_bytes(saved["source"]))
+    except ConfigError as exc:
+        log.error("the new image cannot read the running config:\n%s", exc)
+        return 1  # the keeper or PR_SET_PDEATHSIG takes the workers down
+    daemon = Daemon(config, daemon_log, lineage["keeper_pid"], lineage["worker_nofile"],
+                    bool(lineage["systemd"]))
+    own_log.attach(daemon.loop.call_later, daemon.supervisor.bus.publish)
+    try:
+        return _resume_and_serve(daemon, state)
+    finally:
+        own_log.detach()
+        daemon.close()
+
+
+def _resume_and_serve(daemon: Daemon, state: dict[str, Any]) -> int:
+    try:
+        daemon.resume(state)
+    except Exception:
+        log.exception("internal error while taking over the state; re-executing with it")
+        return daemon.recover_from_crash(state)
+    if daemon.systemd:
+        notify_ready()
+        daemon.report_to_systemd()
+    return serve(daemon)
+
+
+def can_resume(fmt: int) -> int:
+    """`--can-resume FORMAT`: whether this installed superd takes that state over."""
+    refused = refusal(fmt)
+    if refused is not None:
+        print(refused)
+        return 1
+    print(f"superd {__version__} reads state format {fmt}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.can_resume is not None:
+        return can_resume(args.can_resume)
+    if args.resume is not None:
+        return resume_daemon(args.resume)
     path = find_path(args.config)
     try:
         config = load(path)

@@ -2,11 +2,12 @@
 control connections that subscribe to them.
 
 Every event is a JSON object with an "event" kind and a "time" (epoch
-seconds).  Kinds: "state" (every transition of an instance), "reload" and
-"log_error".  A subscribing connection gets each event encoded once and
-queued; one that still has SUBSCRIBER_LIMIT bytes of earlier events unread
-is disconnected instead of being waited for, so a client that does not read
-never slows the daemon or the others.
+seconds).  Kinds: "state" (every transition of an instance), "reload",
+"log_error" and "reexec" (the last event of an image: connections close).
+A subscribing connection gets each event encoded once and queued; one that
+still has SUBSCRIBER_LIMIT bytes of earlier events unread is disconnected
+instead of being waited for, so a client that does not read never slows the
+daemon or the others.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def state_event(name: str, old: str, new: str, pid: int | None,
 
 def reload_event(result: dict[str, Any]) -> Event:
     return {"event": "reload", "time": time.time(), **result}
+
+
+def reexec_event(reason: str, reexecs: int, pid: int) -> Event:
+    """superd is about to exec itself in place (reason: request, signal or crash)."""
+    return {"event": "reexec", "reason": reason, "reexecs": reexecs, "pid": pid,
+            "time": time.time()}
 
 
 def log_error_event(name: str | None, path: str, message: str) -> Event:

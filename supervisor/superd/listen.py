@@ -94,6 +94,21 @@ class Listeners:
             self.close()
             raise
 
+    def adopt(self, sockets: dict[str, SocketConfig], fds: dict[str, int]) -> None:
+        """Take over the sockets an image before bound (a re-exec); bind any other."""
+        for config in sockets.values():
+            fd = fds.get(config.name)
+            if fd is None:
+                self.by_name[config.name] = bind_one(config)
+                continue
+            _, address = parse_listen(config.listen)
+            unix_path = address if isinstance(address, str) else None
+            self.by_name[config.name] = Listener(config.name, socket.socket(fileno=fd),
+                                                 unix_path)
+
+    def fds_by_name(self) -> dict[str, int]:
+        return {name: listener.sock.fileno() for name, listener in self.by_name.items()}
+
     def fds(self, names: tuple[str, ...]) -> tuple[int, ...]:
         return tuple(self.by_name[name].sock.fileno() for name in names)
 

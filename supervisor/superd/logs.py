@@ -547,6 +547,23 @@ class Logs:
         os.close(capture.read_end)
         entry.captures.remove(capture)
 
+    # -- hand-over to a new image (a re-exec) -----------------------------------
+    def pipes(self) -> dict[str, list[tuple[int, str]]]:
+        """Instance name -> its open pipes, as (read end, path of the file it feeds)."""
+        return {name: [(capture.read_end, capture.target.path) for capture in entry.captures]
+                for name, entry in self.instances.items() if entry.captures}
+
+    def adopt(self, name: str, stdout: LogConfig, stderr: LogConfig,
+              pipes: list[tuple[int, str]]) -> None:
+        """Drain pipes the image before left open, into the files they fed."""
+        entry = self.logs_of(name, stdout, stderr)
+        for read_end, path in pipes:
+            target = next((f for f in entry.files() if f.path == path), None) \
+                or self._file(path, stdout)  # a file a reload has since replaced
+            capture = Capture(read_end, target)
+            entry.captures.append(capture)
+            self._listen(entry, capture)
+
     def reopen(self) -> None:
         """Reopen every file superd writes, for an external logrotate."""
         for log_file in self.files.values():

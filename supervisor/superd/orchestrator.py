@@ -31,6 +31,7 @@ class Orchestrator:
         self.registry = registry
         self.waiters = waiters
         self._held: set[Instance] = set()  # starts waiting for their dependencies
+        self._stops_held: set[Instance] = set()  # stops waiting for their dependents
 
     # -- what a start or stop has come to --------------------------------
     def start_settled(self, instance: Instance) -> bool:
@@ -111,9 +112,29 @@ class Orchestrator:
             blockers = [other for dependent in dependents(depends_on, name)
                         for other in by_worker.get(dependent, [])]
             for instance in group:
-                self.waiters.wait(blockers, stop_settled, _stopper(instance))
+                self._stops_held.add(instance)
+                self.waiters.wait(blockers, stop_settled, self._stopper(instance))
         self.waiters.wait(instances, stop_settled, callback)
 
+    def _stopper(self, instance: Instance) -> Callable[[], None]:
+        def stop() -> None:
+            self._stops_held.discard(instance)
+            instance.handle(Event.STOP)
 
-def _stopper(instance: Instance) -> Callable[[], None]:
-    return lambda: instance.handle(Event.STOP)
+        return stop
+
+    # -- hand-over to a new image (a re-exec) -----------------------------------
+    def pending(self) -> dict[str, list[str]]:
+        """The starts and stops held for their turn, by instance name."""
+        return {"starts": sorted(i.name for i in self._held),
+                "stops": sorted(i.name for i in self._stops_held)}
+
+    def resume(self, pending: dict[str, list[str]]) -> None:
+        """Hold again what the image before held: the waits it had end with it."""
+        stops = [i for name in pending["stops"] if (i := self.registry.get(name))]
+        if stops:
+            self.stop_in_order(stops, lambda: None)
+        for name in pending["starts"]:
+            instance = self.registry.get(name)
+            if instance is not None and instance not in self._stops_held:
+                self.start(instance)

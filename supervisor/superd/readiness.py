@@ -72,22 +72,29 @@ def notify_socket_path(control_socket: str) -> str:
 class NotifyServer:
     """The daemon's one datagram socket that `ready: notify` workers write to."""
 
-    def __init__(self, loop: Loop, address: str, find: FindInstance) -> None:
+    def __init__(self, loop: Loop, address: str, find: FindInstance,
+                 bound: socket.socket | None = None) -> None:
+        """Bind address, or serve `bound`, the socket an image before bound there."""
         self.loop = loop
         self.address = address
         self.find = find
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.sock.setblocking(False)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock = bound if bound is not None else self._bind(address)
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    @staticmethod
+    def _bind(address: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         if address.startswith("@"):
-            self.sock.bind("\0" + address[1:])
+            sock.bind("\0" + address[1:])
         else:
             _unlink(address)
-            self.sock.bind(address)
+            sock.bind(address)
             # Workers may run as other users; the sender's pid, not the file
             # mode, decides whether a datagram counts.
             os.chmod(address, 0o666)
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+        return sock
 
     def _readable(self) -> None:
         ancillary_size = socket.CMSG_SPACE(UCRED.size) + socket.CMSG_SPACE(4 * MAX_FDS)

@@ -1,7 +1,8 @@
 """The instances superd runs: by name and by pid, name resolution, and reaping.
 
 Reaping happens here and only here: `waitpid(-1, WNOHANG)` until nothing is
-left, each pid routed to the instance that owns it; pids of no instance
+left, each pid routed to the instance that owns it, or to whoever watches a
+helper superd started for itself (the check before a re-exec); other pids
 (orphans of workers, re-parented to superd as a subreaper) are logged.
 """
 
@@ -18,6 +19,8 @@ log = logging.getLogger("superd")
 
 # (instance, raw wait status): its main process was reaped.
 Death = Callable[[Instance, int], None]
+# (raw wait status): a helper process was reaped.
+HelperExit = Callable[[int], None]
 
 
 class UnknownName(Exception):
@@ -29,6 +32,7 @@ class Registry:
         self._by_name: dict[str, Instance] = {}
         self._by_pid: dict[int, Instance] = {}
         self._retiring: set[Instance] = set()  # removed by a reload, still stopping
+        self._helpers: dict[int, HelperExit] = {}
 
     # -- membership --------------------------------------------------------
     def instances(self) -> list[Instance]:
@@ -55,6 +59,10 @@ class Registry:
     def track(self, pid: int, instance: Instance) -> None:
         self._by_pid[pid] = instance
 
+    def watch(self, pid: int, on_exit: HelperExit) -> None:
+        """A child of superd's own, not a worker: tell on_exit when it is reaped."""
+        self._helpers[pid] = on_exit
+
     def by_pid(self, pid: int) -> Instance | None:
         return self._by_pid.get(pid)
 
@@ -80,6 +88,9 @@ class Registry:
             if pid == 0:
                 return
             instance = self._by_pid.pop(pid, None)
+            if instance is None and pid in self._helpers:
+                self._helpers.pop(pid)(status)
+                continue
             if instance is None or instance.pid != pid:
                 log.info("reaped pid %d (%s), not a worker", pid, describe_wait_status(status))
                 continue

@@ -11,7 +11,9 @@ the loop and never blocks.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -33,6 +35,10 @@ from .states import State
 from .status import StatusReport
 from .waiters import Waiters
 from .worker import Instance
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("superd")
 
@@ -107,6 +113,53 @@ class Supervisor:
             self.notify_server.close()
             self.notify_server = None
         self.sockets.close()
+
+    # -- hand-over to a new image (a re-exec) ---------------------------------
+    def handover(self) -> dict[str, Any]:
+        """Everything about the workers a new image needs to go on with them."""
+        notify = self.notify_server
+        return {"instances": [i.snapshot() for i in self.registry.everything()],
+                "logs": self.logs.pipes(),
+                "orchestrator": self.orchestrator.pending(),
+                "sockets": self.sockets.fds_by_name(),
+                "notify": None if notify is None else notify.sock.fileno()}
+
+    def take_over(self, saved: dict[str, Any]) -> None:
+        """Go on with the workers as the image before left them: no transition,
+        no signal, timers resumed for the time they had left."""
+        self.sockets.adopt(self.running.config.sockets, saved["sockets"])
+        address = notify_socket_path(self.running.daemon.socket)
+        bound = None if saved["notify"] is None else socket.socket(fileno=saved["notify"])
+        self.notify_server = NotifyServer(self.loop, address, self.registry.find_notifier, bound)
+        for snapshot in saved["instances"]:
+            self._take_over_instance(snapshot)
+        for name, pipes in saved["logs"].items():
+            instance = self.registry.get(name)
+            if instance is None:
+                for read_end, _ in pipes:
+                    os.close(read_end)  # the output of a worker a reload removed
+                continue
+            worker = instance.config
+            self.logs.adopt(name, worker.stdout, worker.stderr,
+                            [(int(fd), str(path)) for fd, path in pipes])
+        self.orchestrator.resume(saved["orchestrator"])
+
+    def _take_over_instance(self, snapshot: dict[str, Any]) -> None:
+        instance = self.registry.get(snapshot["name"])
+        if instance is None:
+            # Removed by a reload that the crash cut short: it was on its way out.
+            pid = snapshot["pid"]
+            if pid is not None:
+                log.warning("%s: removed by the last reload; killing pid %d", snapshot["name"],
+                            pid)
+                signal_group(pid, signal.SIGKILL)
+            return
+        instance.resume(snapshot)
+        if instance.pid is not None:
+            self.registry.track(instance.pid, instance)
+        ready = instance.config.ready
+        if instance.state is State.STARTING and ready.kind == "tcp" and ready.port is not None:
+            TcpProbe(self.loop, instance, ready.port)
 
     def kill_everything(self) -> None:
         for instance in self.registry.everything():

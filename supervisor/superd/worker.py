@@ -19,7 +19,9 @@ from .states import ACTIVE, ALLOWED, TRANSITIONS, Event, State
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Any, Protocol, TypeVar
+
+    T = TypeVar("T")
 
     class TimerHandle(Protocol):
         def cancel(self) -> None: ...
@@ -61,7 +63,7 @@ class Instance:
     # A thousand instances: slots keep each one small.
     __slots__ = ("config", "index", "name", "runtime", "state", "pid", "started_at",
                  "exit_status", "restarts", "failures", "shortage", "shortages",
-                 "start_after_stop", "_timer", "status_text")
+                 "start_after_stop", "_timer", "_timer_due", "status_text")
 
     def __init__(self, config: WorkerConfig, index: int, runtime: Runtime) -> None:
         self.config = config
@@ -78,6 +80,7 @@ class Instance:
         self.shortages = 0  # spawns in a row that failed for lack of resources
         self.start_after_stop = False
         self._timer: TimerHandle | None = None
+        self._timer_due: tuple[Event, float] | None = None  # what the timer fires, and when
         self.status_text = ""  # the worker's last sd_notify STATUS=
 
     # -- the public face: events in --------------------------------------
@@ -117,6 +120,36 @@ class Instance:
         if self.pid is None or self.started_at is None:
             return None
         return time.monotonic() - self.started_at
+
+    # -- hand-over to a new image of superd (a re-exec) ------------------
+    def snapshot(self) -> dict[str, object]:
+        """What the state machine holds, as JSON values.  Monotonic times stay
+        valid across an exec of the same process: one boot, one clock."""
+        due = self._timer_due
+        return {"name": self.name, "state": self.state.value, "pid": self.pid,
+                "started_at": self.started_at, "exit_status": self.exit_status,
+                "restarts": self.restarts, "failures": self.failures,
+                "shortage": self.shortage, "shortages": self.shortages,
+                "start_after_stop": self.start_after_stop, "status_text": self.status_text,
+                "timer": None if due is None else [due[0].value, due[1]]}
+
+    def resume(self, snapshot: dict[str, Any]) -> None:
+        """Go on from a snapshot the image before took of this instance: the
+        same state (no transition: nothing happened), its timer armed for the
+        time it had left."""
+        self.state = State(snapshot["state"])
+        self.pid = _optional(int, snapshot["pid"])
+        self.started_at = _optional(float, snapshot["started_at"])
+        self.exit_status = _optional(int, snapshot["exit_status"])
+        self.restarts, self.failures = int(snapshot["restarts"]), int(snapshot["failures"])
+        self.shortage = _optional(str, snapshot["shortage"])
+        self.shortages = int(snapshot["shortages"])
+        self.start_after_stop = bool(snapshot["start_after_stop"])
+        self.status_text = str(snapshot["status_text"])
+        self._cancel_timer()
+        if snapshot["timer"] is not None:
+            event, at = snapshot["timer"]
+            self._arm(max(0.0, float(at) - time.monotonic()), Event(event))
 
     # -- handlers named in states.TRANSITIONS ----------------------------
     def _ignore(self) -> None:
@@ -228,10 +261,11 @@ class Instance:
     def _arm(self, delay: float, event: Event) -> None:
         """One timer at a time: `event` in `delay` seconds."""
         def fire() -> None:
-            self._timer = None
+            self._timer, self._timer_due = None, None
             self.handle(event)
 
         self._timer = self.runtime.call_later(delay, fire)
+        self._timer_due = (event, time.monotonic() + delay)
 
     def _spawn_failed(self, exc: OSError) -> None:
         self.pid = None
@@ -265,5 +299,8 @@ class Instance:
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = None
+        self._timer, self._timer_due = None, None
 
+
+def _optional(kind: Callable[[Any], T], value: object) -> T | None:
+    return None if value is None else kind(value)
