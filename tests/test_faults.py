@@ -22,9 +22,13 @@ PY = sys.executable
 # A real foreground daemon whose loop machinery breaks once TRIGGER exists:
 # "once" breaks one pass (the crash shutdown then runs the loop again),
 # "always" breaks every pass (the crash shutdown falls back to signals).
+# Its crash budget is spent from the start: the crash is answered by the
+# ordered shutdown, not by a re-exec (test_reexec.py covers those).
 CRASHING_DAEMON = r"""
 import os, sys
-from superd import daemon, loop
+from superd import daemon, loop, reexec
+
+reexec.MAX_CRASHES = 0
 
 trigger, mode, config = sys.argv[1:4]
 original = loop.Loop._run_due_timers

@@ -139,7 +139,7 @@ def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
 
 # The keys each section accepts come from the dataclasses, so a new field
 # cannot be forgotten here.  `name` and `path` are not written by users.
-TOP_KEYS = keys_of(Config, without=("path",))
+TOP_KEYS = keys_of(Config, without=("path", "source"))
 DAEMON_KEYS = keys_of(DaemonConfig)
 SOCKET_KEYS = keys_of(SocketConfig, without=("name",))
 WORKER_KEYS = keys_of(WorkerConfig, without=("name",))

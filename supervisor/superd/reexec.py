@@ -59,10 +59,12 @@ def start_check() -> tuple[int, int]:
 
 def verdict(wait_status: int, answer: bytes) -> str | None:
     """None if the check said yes, else the reason in one line."""
-    text = " ".join(answer.decode(errors="replace").split())
     if os.waitstatus_to_exitcode(wait_status) == 0:
         return None
-    detail = text[-300:] or describe_wait_status(wait_status)
+    # The last line says it: the refusal, or the exception of a traceback.
+    lines = [line.strip() for line in answer.decode(errors="replace").splitlines()]
+    detail = next((line[:300] for line in reversed(lines) if line), "") \
+        or describe_wait_status(wait_status)
     return f"the installed superd ({sys.executable} -m superd) cannot take over: {detail}"
 
 
