@@ -344,6 +344,25 @@ def test_an_error_that_escapes_the_loop_is_recovered_by_a_reexec(
     wait_for(lambda: superd.status("a:1")["restarts"] == 1, what="a:1 restarted")
 
 
+def test_a_new_image_that_fails_to_take_over_re_execs_with_the_same_state(
+        superd: Superd, tmp_path: Path) -> None:
+    fault = tmp_path / "resume-fault"
+    superd.env["PYTHONPATH"] = str(FAULT_INJECTION)
+    superd.env["SUPERD_TEST_RESUME_FAULT"] = str(fault)
+    superd.start({"a": sleeper(numprocs=2), "slow": {"command": ["sleep", "600"],
+                                                     "startsecs": "3s"}})
+    wait_for(lambda: superd.status("a:1")["state"] == "RUNNING")
+    before = pids_and_restarts(superd)
+    fault.touch()
+    assert superd.ctl("reexec").returncode == 0  # its new image fails, the next one serves
+    assert not fault.exists()
+    assert reexecs(superd) == 2
+    assert pids_and_restarts(superd) == before
+    superd.wait_state("slow", "RUNNING")  # its startsecs timer came through both images
+    log = (superd.folder / "log" / "superd.log").read_text()
+    assert "internal error while taking over the state; re-executing with it" in log
+
+
 def test_more_than_three_crashes_in_a_minute_stop_every_worker_and_exit_non_zero(
         superd: Superd, tmp_path: Path) -> None:
     fault = inject_faults(superd, tmp_path)

@@ -124,9 +124,12 @@ class Daemon:
         sock = socket.socket(fileno=int(state["control"]))
         self.control = ControlServer(self.loop, sock, daemon.socket, daemon.socket_group,
                                      self.commands.dispatch, daemon.max_connections)
-        self.supervisor.take_over(state["workers"])
+        # Handlers first, then the signals kept pending since the exec: they
+        # only wake the loop, which runs once everything is taken over; and a
+        # worker started below must not inherit a blocked mask.
         self._handle_signals()
         unblock_signals()
+        self.supervisor.take_over(state["workers"])
         become_subreaper()
         self.supervisor.reap()  # the children that exited during the switch
         if lineage["shutting_down"]:
@@ -290,6 +293,8 @@ class Daemon:
         """An error escaped the loop: re-exec with the state, so no worker is
         touched; after too many, stop every worker.  Returns an exit code only
         when superd is to exit."""
+        if state is not None:  # the take-over failed, maybe before it took the count
+            self.crashes = CrashCount([float(t) for t in state["daemon"]["crashes"]])
         if not self.crashes.allows_another():
             log.error("more than %d crashes within %gs; stopping every worker", MAX_CRASHES,
                       CRASH_WINDOW)

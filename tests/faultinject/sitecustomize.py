@@ -1,24 +1,44 @@
-"""A fault in superd's event loop, for tests only (never part of the product).
+"""Faults in superd, for tests only (never part of the product).
 
-A test puts this folder on PYTHONPATH and names a file in SUPERD_TEST_FAULT.
-Each time that file exists when the daemon's loop has finished a round, the
-file is removed and the round raises, outside every callback's fault
-boundary: an error that escapes the event loop, as a bug in it would.
+A test puts this folder on PYTHONPATH and names a file in an environment
+variable; each time the file exists at the moment below, it is removed and
+superd raises there, as a bug of its own would:
+
+- SUPERD_TEST_FAULT: when the daemon's loop has finished a round, outside
+  every callback's fault boundary (an error that escapes the event loop);
+- SUPERD_TEST_RESUME_FAULT: when a new image starts to take the state over.
 """
 
 import os
 
-FAULT_FILE = os.environ.get("SUPERD_TEST_FAULT")
+LOOP_FAULT = os.environ.get("SUPERD_TEST_FAULT")
+RESUME_FAULT = os.environ.get("SUPERD_TEST_RESUME_FAULT")
 
-if FAULT_FILE:
+
+def _fire(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+        raise RuntimeError("fault injected by the test")
+
+
+if LOOP_FAULT:
     from superd import loop
 
     _run_due_timers = loop.Loop._run_due_timers
 
     def _faulty_round(self: loop.Loop) -> None:
         _run_due_timers(self)
-        if os.path.exists(FAULT_FILE):
-            os.unlink(FAULT_FILE)
-            raise RuntimeError("fault injected by the test")
+        _fire(LOOP_FAULT)
 
     loop.Loop._run_due_timers = _faulty_round  # type: ignore[method-assign]
+
+if RESUME_FAULT:
+    from superd import daemon
+
+    _resume = daemon.Daemon.resume
+
+    def _faulty_resume(self: daemon.Daemon, state: dict) -> None:  # type: ignore[type-arg]
+        _fire(RESUME_FAULT)
+        _resume(self, state)
+
+    daemon.Daemon.resume = _faulty_resume  # type: ignore[method-assign]
