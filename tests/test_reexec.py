@@ -59,6 +59,18 @@ def wait_reexecs(superd: Superd, count: int) -> None:
     wait_for(lambda: reexecs(superd) == count, what=f"re-exec {count} to be done")
 
 
+def open_fds(pid: int) -> list[str]:
+    """What the process's descriptors are (files by path; pipes and sockets by kind)."""
+    kinds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kinds.append(target.split(":")[0] if ":[" in target else target)
+    return sorted(kinds)
+
+
 def cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -140,6 +152,8 @@ def test_ten_reexecs_keep_every_worker_pipe_and_line(superd: Superd, tmp_path: P
     uptimes = {row["name"]: row["uptime"] for row in superd.status()}
     pid = superd.pid
     assert pid is not None
+    # The control and the notify socket, and no client's connection.
+    fds_before = wait_for(lambda: (fds := open_fds(pid)).count("socket") == 2 and fds)
     connects = ConnectLoop(superd.socket)
     connects.start()
     try:
@@ -168,6 +182,8 @@ def test_ten_reexecs_keep_every_worker_pipe_and_line(superd: Superd, tmp_path: P
     assert connects.answered > 10
     ping = superd.call("ping")
     assert ping["reexecs"] == 10 and ping["pid"] == pid
+    # What was handed over, and nothing more (once the ping's connection is gone).
+    wait_for(lambda: open_fds(pid) == fds_before, what="the same descriptors")
     # Every line the flooding worker wrote is in its log once, in order.
     assert superd.ctl("stop", "flood").returncode == 0
     written = int(wait_for(lambda: count_file.exists() and count_file.read_text()))
@@ -193,6 +209,9 @@ def test_the_reexec_event_and_ping(superd: Superd) -> None:
     ping = superd.call("ping")
     assert ping["reexecs"] == 1 and ping["uptime"] > 0
     assert "re-execs 1" in superd.ctl("ping").stdout
+    # The pidfile lock came through the exec: a second daemon is refused.
+    second = superd.run("-c", str(superd.config_path))
+    assert second.returncode == 1 and "already running" in second.stderr
 
 
 def test_a_worker_that_exits_during_the_switch_is_reaped_and_restarted(
@@ -241,6 +260,20 @@ def test_kill_9_after_reexecs_is_restarted(superd: Superd) -> None:
                    r["state"] == "RUNNING" and r)
     assert row["restarts"] == 1
     assert superd.status("b")["restarts"] == 0
+    # Started by the new image, it inherits nothing of superd's but its stdio.
+    assert sorted(os.listdir(f"/proc/{row['pid']}/fd")) == ["0", "1", "2"]
+
+
+def test_the_keeper_still_guards_the_workers_after_reexecs(superd: Superd) -> None:
+    superd.start({"a": sleeper(numprocs=2)})
+    wait_for(lambda: superd.status("a:1")["state"] == "RUNNING")
+    assert superd.ctl("reexec").returncode == 0
+    assert superd.call("ping")["guard"] == "keeper"
+    workers = [row["pid"] for row in superd.status()]
+    pid = superd.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(worker) for worker in workers), what="workers killed")
 
 
 def test_starting_and_stopping_timers_run_on_after_a_reexec(superd: Superd) -> None:
@@ -494,3 +527,27 @@ def test_more_than_three_crashes_in_the_window_are_one_too_many(
     assert crashes.allows_another()
     carried = CrashCount(crashes.times)  # as a re-exec hands them on
     assert carried.times == [1061.0]
+
+
+def test_a_reexec_is_refused_during_a_reload_a_shutdown_or_another_reexec(
+        tmp_path: Path) -> None:
+    from superd.config import load
+    from superd.daemon import Daemon
+
+    path = tmp_path / "superd.yaml"
+    path.write_text("workers: {}\n")
+    daemon = Daemon(load(str(path)))
+    answers: list[str | None] = []
+    try:
+        daemon.reloading = True
+        daemon.reexec("request", answers.append)
+        daemon.reloading = False
+        daemon.checking = True
+        daemon.reexec("request", answers.append)
+        daemon.checking = False
+        daemon.shutdown_timer = daemon.loop.call_later(60, lambda: None)
+        daemon.reexec("request", answers.append)
+    finally:
+        daemon.loop.close()
+    assert answers == ["a reload is being applied; try again once it is done",
+                       "a re-exec is already under way", "superd is shutting down"]
