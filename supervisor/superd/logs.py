@@ -119,12 +119,7 @@ class LogFile:
     def open(self) -> None:
         self.close()
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            # No O_APPEND: splice(2) refuses files opened for appending.
-            # O_NONBLOCK: a FIFO without reader or with a full buffer must not
-            # block the loop (what does not fit is dropped and counted).
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
-                         0o644)
+            fd = self._open_file()
         except OSError as exc:
             self._failed(exc)
             return
@@ -135,6 +130,19 @@ class LogFile:
         if not self.regular:
             self.splice_ok = False  # splice into a full pipe would spin, not drop
         self.nlink_checked = time.monotonic()
+
+    def _open_file(self) -> int:
+        # No O_APPEND: splice(2) refuses files opened for appending.
+        # O_NONBLOCK: a FIFO without reader or with a full buffer must not
+        # block the loop (what does not fit is dropped and counted).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            return os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            # Its folder is gone (or never was): made only then, since a
+            # thousand instances open two thousand files at start and re-exec.
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            return os.open(self.path, flags, 0o644)
 
     def close(self) -> None:
         if self.fd is not None:
