@@ -327,6 +327,17 @@ def test_reexec_runs_the_upgraded_code_and_refuses_code_that_cannot_take_over(
     refused = superd.ctl("reexec")
     assert refused.returncode == 1
     assert "reads state format 2, not 1" in refused.stderr
+    # So is one that does not accept the running config.
+    config = package / "config.py"
+    original_config = config.read_text()
+    config.write_text(original_config.replace('NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")',
+                                              'NAME_PATTERN = re.compile(r"[0-9]+")'))
+    handover.write_text(handover.read_text().replace("READABLE = frozenset({2})",
+                                                     "READABLE = frozenset({1})"))
+    strict = superd.ctl("reexec")
+    assert strict.returncode == 1
+    assert "does not accept the running config" in strict.stderr
+    assert "workers.a" in strict.stderr
     # So is one that does not even import.
     (package / "daemon.py").write_text("def broken(:\n")
     broken = superd.ctl("reexec")
@@ -476,6 +487,23 @@ def test_the_state_goes_through_a_memfd_and_unknown_formats_are_refused() -> Non
     os.lseek(garbage, 0, os.SEEK_SET)
     with pytest.raises(HandoverError, match="cannot read the state"):
         read_state(garbage)
+
+
+def test_can_resume_answers_for_each_format_and_checks_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "superd.yaml"
+    taken = subprocess.run([PY, "-m", "superd", "--can-resume", str(FORMAT), str(config)],
+                           input=b"workers: {a: {command: sleep 1}}\n", capture_output=True,
+                           timeout=DEADLINE)
+    assert taken.returncode == 0, taken.stdout
+    bad = subprocess.run([PY, "-m", "superd", "--can-resume", str(FORMAT), str(config)],
+                         input=b"workers: {a: {commnd: sleep 1}}\n", capture_output=True,
+                         timeout=DEADLINE)
+    assert bad.returncode == 1
+    assert b"does not accept the running config" in bad.stdout
+    assert b"workers.a.commnd" in bad.stdout
+    stray = subprocess.run([PY, "-m", "superd", str(config)], capture_output=True,
+                           timeout=DEADLINE)
+    assert stray.returncode == 2  # a config without -c is a usage error, as before
 
 
 def test_can_resume_answers_for_each_format() -> None:

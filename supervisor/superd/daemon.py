@@ -227,7 +227,7 @@ class Daemon:
             answer(None)
             self._switch_soon(reason)
 
-        ImageCheck(self.loop, self.supervisor.registry.watch, checked)
+        ImageCheck(self.loop, self.supervisor.registry.watch, self.running.config, checked)
 
     def _reexec_refusal(self) -> str | None:
         if self.shutting_down:
@@ -298,7 +298,7 @@ class Daemon:
         if not self.crashes.allows_another():
             log.error("more than %d crashes within %gs; stopping every worker", MAX_CRASHES,
                       CRASH_WINDOW)
-        elif (refused := check_now()) is not None:
+        elif (refused := check_now(self.running.config)) is not None:
             log.error("cannot re-exec after the crash (%s); stopping every worker", refused)
         else:
             self.reexec_reason = "crash"
@@ -599,10 +599,11 @@ def parse_args(argv: list[str] | None) -> DaemonArgs:
 
 
 def _quick_parse(words: list[str]) -> DaemonArgs | None:
-    if len(words) == 2 and words[0] in ("--resume", "--can-resume") and words[1].isdigit():
-        number = int(words[1])
-        return DaemonArgs(resume=number) if words[0] == "--resume" \
-            else DaemonArgs(can_resume=number)
+    if len(words) == 2 and words[0] == "--resume" and words[1].isdigit():
+        return DaemonArgs(resume=int(words[1]))
+    if len(words) in (2, 3) and words[0] == "--can-resume" and words[1].isdigit():
+        return DaemonArgs(config=words[2] if len(words) == 3 else None,
+                          can_resume=int(words[1]))
     config, flags = None, set()
     rest = iter(words)
     for word in rest:
@@ -630,8 +631,12 @@ def _argparse(words: list[str]) -> DaemonArgs:
     # Internal, for a re-exec (see handover.py): not for users.
     parser.add_argument("--resume", type=int, metavar="FD", help=argparse.SUPPRESS)
     parser.add_argument("--can-resume", type=int, metavar="FORMAT", help=argparse.SUPPRESS)
+    parser.add_argument("running_config", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args(words)
-    return DaemonArgs(args.config, args.foreground, args.check, args.resume, args.can_resume)
+    if args.running_config is not None and args.can_resume is None:
+        parser.error(f"unrecognized arguments: {args.running_config}")
+    return DaemonArgs(args.running_config if args.can_resume is not None else args.config,
+                      args.foreground, args.check, args.resume, args.can_resume)
 
 
 def resume_daemon(state_fd: int) -> int:
@@ -673,12 +678,19 @@ def _resume_and_serve(daemon: Daemon, state: dict[str, Any]) -> int:
     return serve(daemon)
 
 
-def can_resume(fmt: int) -> int:
-    """`--can-resume FORMAT`: whether this installed superd takes that state over."""
+def can_resume(fmt: int, config_path: str | None) -> int:
+    """`--can-resume FORMAT [CONFIG]`: whether this installed superd takes a
+    state of that format over, and the config whose bytes come on stdin."""
     refused = refusal(fmt)
     if refused is not None:
         print(refused)
         return 1
+    if config_path is not None:
+        try:
+            load(config_path, sys.stdin.buffer.read())
+        except ConfigError as exc:
+            print(f"this superd does not accept the running config: {exc.issues[0]}")
+            return 1
     print(f"superd {__version__} reads state format {fmt}")
     return 0
 
@@ -686,7 +698,7 @@ def can_resume(fmt: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.can_resume is not None:
-        return can_resume(args.can_resume)
+        return can_resume(args.can_resume, args.config)
     if args.resume is not None:
         return resume_daemon(args.resume)
     path = find_path(args.config)

@@ -40,16 +40,8 @@ def refusal(fmt: int) -> str | None:
 
 def write_state(state: State) -> int:
     """The state in a fresh memfd, rewound, inheritable; its fd."""
-    data = jsoncodec.dumps({"format": FORMAT, **state}).encode()
-    fd = os.memfd_create("superd-state", 0)  # no MFD_CLOEXEC: it is for the next image
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except OSError:
-        os.close(fd)
-        raise
+    fd = bytes_in_memfd(jsoncodec.dumps({"format": FORMAT, **state}).encode(), "superd-state")
+    os.set_inheritable(fd, True)  # for the next image
     return fd
 
 
@@ -94,9 +86,25 @@ def resume_argv(fd: int) -> list[str]:
     return [sys.executable, "-m", "superd", "--resume", str(fd)]
 
 
-def check_argv() -> list[str]:
-    """The command that asks the installed superd whether it takes this FORMAT."""
-    return [sys.executable, "-m", "superd", "--can-resume", str(FORMAT)]
+def check_argv(config_path: str) -> list[str]:
+    """The command that asks the installed superd whether it takes this FORMAT
+    and the running config over (its bytes come on stdin)."""
+    return [sys.executable, "-m", "superd", "--can-resume", str(FORMAT), config_path]
+
+
+def bytes_in_memfd(data: bytes, name: str) -> int:
+    """data in a fresh memfd (close-on-exec), rewound: a file to read it from
+    that never blocks whoever writes it."""
+    fd = os.memfd_create(name)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def encode_bytes(data: bytes) -> str:

@@ -1,8 +1,9 @@
 """Re-exec in place: ask the installed superd whether it can take over, then
 exec it in this very process, so every worker stays a child of the same pid.
 
-The check runs the installed code (`superd --can-resume FORMAT`) as a helper
-process: it must import and say it reads this state format.  In the loop
+The check runs the installed code (`superd --can-resume FORMAT CONFIG`) as a
+helper process: it must import, say it reads this state format, and load the
+running config's bytes (given on its stdin) without an error.  In the loop
 the check is watched, never waited for; after a crash, with the loop beyond
 use, it is waited for.  The exec itself blocks the signals superd handles,
 so that one arriving during the switch waits for the new image instead of
@@ -18,8 +19,9 @@ import sys
 import time
 from collections.abc import Callable
 
+from .config import Config
 from .exits import describe_wait_status
-from .handover import check_argv, kept_fds, resume_argv, write_state
+from .handover import bytes_in_memfd, check_argv, kept_fds, resume_argv, write_state
 from .loop import Loop, Timer
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
@@ -38,14 +40,16 @@ Verdict = Callable[["str | None"], None]
 Watch = Callable[[int, Callable[[int], None]], None]
 
 
-def start_check() -> tuple[int, int]:
-    """Spawn the check of the installed superd; (pid, read end of its output)."""
+def start_check(config: Config) -> tuple[int, int]:
+    """Spawn the check of the installed superd, with the running config's bytes
+    on its stdin; (pid, read end of its output)."""
+    config_fd = bytes_in_memfd(config.source, "superd-config")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         os.set_blocking(read_end, False)
-        argv = check_argv()
+        argv = check_argv(config.path)
         pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, config_fd, 0),
             (os.POSIX_SPAWN_DUP2, write_end, 1),
             (os.POSIX_SPAWN_DUP2, write_end, 2),
         ], setsigmask=(), setsigdef=tuple(HANDOVER_SIGNALS | {signal.SIGPIPE}))
@@ -54,6 +58,7 @@ def start_check() -> tuple[int, int]:
         raise
     finally:
         os.close(write_end)
+        os.close(config_fd)
     return pid, read_end
 
 
@@ -81,11 +86,11 @@ class ImageCheck:
     """The check, run from the loop: on_verdict is called once, when the
     helper has been reaped (or given up on)."""
 
-    def __init__(self, loop: Loop, watch: Watch, on_verdict: Verdict) -> None:
+    def __init__(self, loop: Loop, watch: Watch, config: Config, on_verdict: Verdict) -> None:
         self.on_verdict = on_verdict
         self.done = False
         try:
-            self.pid, self.read_end = start_check()
+            self.pid, self.read_end = start_check(config)
         except OSError as exc:
             self._finish(f"cannot run the installed superd: {exc.strerror or exc}")
             return
@@ -112,10 +117,10 @@ class ImageCheck:
             self.on_verdict(reason)
 
 
-def check_now(timeout: float = CHECK_TIMEOUT) -> str | None:
+def check_now(config: Config, timeout: float = CHECK_TIMEOUT) -> str | None:
     """The check, waited for (the loop has failed: nothing else can run)."""
     try:
-        pid, read_end = start_check()
+        pid, read_end = start_check(config)
     except OSError as exc:
         return f"cannot run the installed superd: {exc.strerror or exc}"
     deadline = time.monotonic() + timeout
