@@ -407,6 +407,25 @@ def test_a_new_image_that_fails_to_take_over_re_execs_with_the_same_state(
     assert "internal error while taking over the state; re-executing with it" in log
 
 
+def test_a_failed_exec_leaves_the_old_image_serving(superd: Superd, tmp_path: Path) -> None:
+    fault = tmp_path / "exec-fault"
+    superd.env["PYTHONPATH"] = str(FAULT_INJECTION)
+    superd.env["SUPERD_TEST_EXEC_FAULT"] = str(fault)
+    superd.start({"a": sleeper(numprocs=2)})
+    wait_for(lambda: superd.status("a:1")["state"] == "RUNNING")
+    before = pids_and_restarts(superd)
+    fault.touch()
+    failed = superd.ctl("reexec")
+    assert failed.returncode == 1
+    assert "could not exec the new image and goes on as before" in failed.stderr
+    assert not fault.exists()
+    assert reexecs(superd) == 0 and pids_and_restarts(superd) == before
+    log = (superd.folder / "log" / "superd.log").read_text()
+    assert "re-exec failed; going on as before: cannot exec" in log
+    assert superd.ctl("reexec").returncode == 0  # and the next one works
+    assert reexecs(superd) == 1 and pids_and_restarts(superd) == before
+
+
 def test_more_than_three_crashes_in_a_minute_stop_every_worker_and_exit_non_zero(
         superd: Superd, tmp_path: Path) -> None:
     fault = inject_faults(superd, tmp_path)

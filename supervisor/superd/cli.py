@@ -227,11 +227,14 @@ def cmd_ping(client: Client, args: Args) -> int:
 
 def cmd_reexec(client: Client, args: Args) -> int:
     """Re-exec superd in place (after an upgrade): every worker keeps running."""
-    before = as_object(client.request("reexec", {}))
+    expected = int(as_object(client.request("reexec", {}))["reexecs"])
     client.close()  # the old image closes it anyway
-    after = wait_for_new_image(client.path, int(before["reexecs"]))
+    after = wait_for_new_image(client.path)
     if after is None:
         fail("superd accepted the re-exec but the new image did not answer; see its log")
+        return EXIT_FAILED
+    if int(after.get("reexecs") or 0) < expected:
+        fail("superd could not exec the new image and goes on as before; see its log")
         return EXIT_FAILED
     if args.json:
         print_json(after)
@@ -241,18 +244,16 @@ def cmd_reexec(client: Client, args: Args) -> int:
     return EXIT_OK
 
 
-def wait_for_new_image(path: str, reexecs: int, timeout: float = REEXEC_TIMEOUT) -> Row | None:
-    """The new image's ping, once it answers with `reexecs` re-execs done."""
+def wait_for_new_image(path: str, timeout: float = REEXEC_TIMEOUT) -> Row | None:
+    """The first ping answered after the switch: by the new image, or by the
+    old one if its exec failed (it accepts no client in between)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with Client(path) as client:
-                info = as_object(client.request("ping", {}))
+                return as_object(client.request("ping", {}))
         except DaemonUnreachable:
-            info = {}
-        if int(info.get("reexecs") or 0) >= reexecs:
-            return info
-        time.sleep(0.05)
+            time.sleep(0.05)  # closed by the old image at its exec: ask the new one
     return None
 
 
