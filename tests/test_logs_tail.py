@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from superd import logs
+from superd import logfile as logs
 
 texts = st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\n\n", b"\xff", b"x" * 70]),
                  max_size=60).map(b"".join)

@@ -18,7 +18,7 @@ from superd import config
 from superd.config import DEFAULT_LOG
 from superd.events import EventBus
 from superd.exits import describe_exit, describe_wait_status
-from superd.logs import LogFile
+from superd.logfile import LogFile
 from superd.loop import FdOwned, Loop
 from superd.names import instance_index, instance_name, log_name
 

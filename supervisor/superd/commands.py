@@ -17,7 +17,7 @@ from .control import Connection, Reply
 from .events import Subscribers
 from .exits import describe_exit
 from .launcher import signal_group
-from .logs import Follow, LogFile
+from .logfile import Follow, LogFile
 from .protocol import Kind
 from .registry import UnknownName
 from .reload import ReloadRefused
