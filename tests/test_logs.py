@@ -117,13 +117,28 @@ def test_rotation_keeps_backups_and_loses_no_byte(superd: Superd) -> None:
     out = superd.log_file("a", "out")
     files = rotated_files(out)
     assert [f.name for f in files] == [f"{out.name}.{i}" for i in (3, 2, 1)] + [out.name]
-    assert all(f.stat().st_size == 1024 for f in files[:-1])
+    # Each file was cut at its last line boundary before 1 KB: whole lines only.
+    for rotated in files[:-1]:
+        content = rotated.read_bytes()
+        assert 1024 - 50 < len(content) <= 1024 and content.endswith(b"\n")
     kept = b"".join(f.read_bytes() for f in files)
-    assert len(kept) == 3 * 1024 + len(data) % 1024
-    assert kept == data[-len(kept):]
+    assert kept == data[-len(kept):]  # nothing lost in between, nothing repeated
+    assert data[-len(kept) - 1:-len(kept)] == b"\n"  # the oldest file starts a line
     # The tail reaches into the backups when the current file is short.
     tail = superd.call("logs", {"name": "a", "lines": 20})["data"].encode()
     assert tail == b"".join(data.splitlines(keepends=True)[-20:])
+
+
+def test_a_line_longer_than_maxbytes_alone_is_split_at_maxbytes(superd: Superd) -> None:
+    script = "import os; os.write(1, b'short\\n' + b'y' * 3000 + b'\\nend\\n')"
+    superd.start({"a": worker([PY, "-c", script], stdout={"maxbytes": "1KB", "backups": 5})})
+    superd.wait_state("a", "EXITED")
+    files = rotated_files(superd.log_file("a"))
+    contents = [f.read_bytes() for f in files]
+    assert b"".join(contents) == b"short\n" + b"y" * 3000 + b"\nend\n"
+    assert contents[0] == b"short\n"  # cut at the newline, not at 1024
+    assert [len(c) for c in contents[1:-1]] == [1024, 1024]  # the long line, split
+    assert contents[-1].endswith(b"\nend\n")
 
 
 def test_rotation_with_no_backups_and_disabled_rotation(superd: Superd) -> None:
@@ -135,7 +150,8 @@ def test_rotation_with_no_backups_and_disabled_rotation(superd: Superd) -> None:
     a_out = superd.log_file("a")
     assert rotated_files(a_out) == [a_out]
     kept = a_out.read_bytes()
-    assert len(kept) == len(full) % 1024 and full.endswith(kept)
+    assert 0 < len(kept) <= 1024 and full.endswith(kept)
+    assert full[-len(kept) - 1:-len(kept)] == b"\n"
     assert superd.log_file("b").read_bytes() == full
     assert rotated_files(superd.log_file("b")) == [superd.log_file("b")]
 
@@ -334,7 +350,9 @@ def test_read_write_fallback_rotates_without_loss(superd: Superd) -> None:
     superd.start({"a": worker(["seq", "1", "3000"], stdout={"maxbytes": "2KB", "backups": 20})})
     superd.wait_state("a", "EXITED")
     files = rotated_files(superd.log_file("a"))
-    assert len(files) == 7 and all(f.stat().st_size == 2048 for f in files[:-1])
+    assert len(files) == 7
+    assert all(2048 - 5 <= f.stat().st_size <= 2048 for f in files[:-1])  # whole lines
+    assert all(f.read_bytes().endswith(b"\n") for f in files)
     kept = b"".join(f.read_bytes() for f in files)
     assert kept == "".join(f"{i}\n" for i in range(1, 3001)).encode()
 

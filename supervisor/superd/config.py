@@ -50,10 +50,17 @@ NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 @dataclass(frozen=True)
 class LogConfig:
-    file: str | None  # None: LOG_DIR/INSTANCE.out.log or .err.log
+    file: str | bool | None  # None: LOG_DIR/INSTANCE.out.log or .err.log; False: no file
     maxbytes: int
     backups: int
+    timestamps: bool = False  # each line starts with the RFC 3339 time superd read it
+    console: bool = False  # each line also to superd's own stdout/stderr (--foreground)
     merge: bool = False
+
+    @property
+    def shaped(self) -> bool:
+        """Whether superd handles this output line by line (else bytes as they come)."""
+        return self.timestamps or self.console
 
 
 @dataclass(frozen=True)
@@ -674,13 +681,26 @@ def _log(keys: tuple[str, ...]) -> Callable[[_Context, Node, str], LogConfig]:
     def log(context: _Context, node: Node, path: str) -> LogConfig:
         fields = _Fields(context, _mapping(context, node, path, keys), path)
         return LogConfig(
-            file=fields.value("file", _optional(context.path), DEFAULT_LOG.file),
+            file=fields.value("file", _log_file(context), DEFAULT_LOG.file),
             maxbytes=fields.value("maxbytes", parse_size, DEFAULT_LOG.maxbytes),
             backups=fields.value("backups", _integer(minimum=0), DEFAULT_LOG.backups),
+            timestamps=fields.value("timestamps", _boolean, DEFAULT_LOG.timestamps),
+            console=fields.value("console", _boolean, DEFAULT_LOG.console),
             merge=fields.value("merge", _boolean, DEFAULT_LOG.merge),
         )
 
     return log
+
+
+def _log_file(context: _Context) -> Callable[[object], str | bool | None]:
+    def log_file(value: object) -> str | bool | None:
+        if value is None or value is False:
+            return value
+        if value is True:
+            raise ValueError("expected a path, null (the default file) or false (no file)")
+        return context.path(value)
+
+    return log_file
 
 
 def _report_cycles(

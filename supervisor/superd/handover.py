@@ -77,7 +77,7 @@ def kept_fds(state: State) -> list[int]:
     kept = [state["pidfile"], state["control"], *workers["sockets"].values()]
     if workers["notify"] is not None:
         kept.append(workers["notify"])
-    kept.extend(fd for pipes in workers["logs"].values() for fd, _ in pipes)
+    kept.extend(pipe[0] for pipes in workers["logs"].values() for pipe in pipes)
     return kept
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+from array import array
 from collections.abc import Callable
 
 from .config import LogConfig
@@ -27,6 +28,11 @@ TAIL_BLOCK = 1 << 16
 # JSON may spell one byte in 6 ("\\u0000"); these keep every frame under the 1 MiB limit.
 TAIL_LIMIT = 160 << 10  # at most this much text answers one `logs` request
 FOLLOW_CHUNK = 128 << 10  # at most this much output per event to followers
+# When bytes were written, for `logs` of several instances in time order: at
+# most MAX_MARKS (offset, time) pairs per file, one per MARK_GRAIN seconds
+# at best, thinned from the oldest as they accumulate.
+MAX_MARKS = 32
+MARK_GRAIN = 0.01
 
 Follower = Callable[[bytes], None]
 # (path, message): a file started failing; told once per episode.
@@ -69,7 +75,7 @@ class LogFile:
     # Two per instance: slots keep each one small.
     __slots__ = ("path", "on_failure", "tally", "maxbytes", "backups", "fd", "size", "dropped",
                  "failing_since", "retry_at", "nlink_checked", "regular", "splice_ok",
-                 "_followers")
+                 "_followers", "marks", "previous_marks")
 
     def __init__(self, path: str, settings: LogConfig,
                  on_failure: FailureReport = _ignore_failure,
@@ -88,6 +94,9 @@ class LogFile:
         self.regular = True
         self.splice_ok = os.environ.get("SUPERD_NO_SPLICE") is None
         self._followers: list[Follower] = []
+        # offset, time, offset, time...: of this file, and of NAME.1
+        self.marks: array[float] | None = None
+        self.previous_marks: array[float] | None = None
 
     def follow(self, follower: Follower) -> Follow:
         """Call follower with every chunk written from now on."""
@@ -191,7 +200,7 @@ class LogFile:
                     return self._copy(pipe, min(size, FOLLOW_CHUNK))
                 self._failed(exc)
                 return None
-            self.size += count
+            self._grew(count)
             return count
         return self._copy(pipe, size)
 
@@ -205,9 +214,12 @@ class LogFile:
         return len(data)
 
     def write(self, data: bytes) -> None:
-        """Write bytes already read (read path, or the daemon's own messages)."""
+        """Write bytes already read (the read path, or whole lines)."""
         for follower in list(self._followers):
             follower(data)
+        if not self._writable():
+            self._dropped(len(data))
+            return
         view = memoryview(data)
         while view:
             try:
@@ -216,8 +228,21 @@ class LogFile:
                 self._failed(exc)
                 self._dropped(len(view))
                 return
-            self.size += written
+            self._grew(written)
             view = view[written:]
+
+    def _grew(self, count: int) -> None:
+        self.size += count
+        now = time.time()
+        marks = self.marks
+        if marks is None:
+            self.marks = array("d", (self.size, now))
+        elif now - marks[-1] < MARK_GRAIN:
+            marks[-2] = self.size  # these bytes were written as good as then
+        else:
+            if len(marks) >= 2 * MAX_MARKS:
+                marks = self.marks = thinned(marks)
+            marks.extend((self.size, now))
 
     def _fd(self) -> int:
         if self.fd is None:
@@ -263,9 +288,18 @@ class LogFile:
     def rotate(self) -> None:
         """NAME -> NAME.1 -> ... -> NAME.backups; the oldest is dropped.
 
-        NAME never goes missing: the full file is hard-linked to NAME.1 and a
-        fresh file is renamed over NAME, so a reader always finds one.
+        The cut is at a line boundary: the last newline at or before
+        maxbytes (a line longer than maxbytes alone is split there); the
+        part line after it starts the fresh file.  NAME never goes missing:
+        the full file is hard-linked to NAME.1 and a fresh file is renamed
+        over NAME, so a reader always finds one.
         """
+        try:
+            carried = self._cut_at_line_boundary()
+        except OSError as exc:
+            log.error("cannot rotate %s: %s", self.path, exc.strerror or exc)
+            self._start_over()
+            return
         self.close()
         try:
             self._shift_backups()
@@ -278,6 +312,50 @@ class LogFile:
             self._start_over()
             return
         self.fd, self.size = fd, 0
+        self._carry(carried)
+
+    def _cut_at_line_boundary(self) -> bytes:
+        """Truncate the file after its last newline at or before maxbytes;
+        the bytes cut off, which go on in the fresh file."""
+        reader = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # ours is write-only
+        try:
+            boundary = last_line_end(reader, min(self.size, self.maxbytes))
+            carried = os.pread(reader, self.size - boundary, boundary)
+        finally:
+            os.close(reader)
+        os.ftruncate(self._fd(), boundary)
+        self.size = boundary
+        self._split_marks(boundary)
+        return carried
+
+    def _split_marks(self, boundary: int) -> None:
+        """The marks up to boundary are NAME.1's from now on; the rest are the
+        fresh file's, from its start."""
+        marks = self.marks
+        if marks is None:
+            self.previous_marks = None
+            return
+        old, fresh = array("d"), array("d")
+        for index in range(0, len(marks), 2):
+            offset, when = marks[index], marks[index + 1]
+            if offset <= boundary:
+                old.extend((offset, when))
+            else:
+                fresh.extend((offset - boundary, when))
+        self.previous_marks, self.marks = old or None, fresh or None
+
+    def _carry(self, data: bytes) -> None:
+        """Write the part line cut off at rotation (followers had it already)."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd(), view)
+            except OSError as exc:
+                self._failed(exc)
+                self._dropped(len(view))
+                return
+            self.size += written
+            view = view[written:]
 
     def _shift_backups(self) -> None:
         if self.backups == 0:
@@ -324,6 +402,81 @@ class LogFile:
         text = b"".join(chunks)
         return keep_last_lines(text, lines)
 
+    def timed_tail(self, lines: int) -> list[tuple[float, bytes]]:
+        """The last `lines` lines with the time each was written (as far as
+        the marks tell: 0.0 for lines older than every mark), oldest first."""
+        found: list[tuple[float, bytes]] = []
+        total = 0
+        generations = [(self.path, self.marks), (f"{self.path}.1", self.previous_marks),
+                       *((f"{self.path}.{i}", None) for i in range(2, self.backups + 1))]
+        for path, marks in generations[:self.backups + 1]:
+            data, end = tail_file_with_end(path, lines - len(found), TAIL_LIMIT - total)
+            total += len(data)
+            found[:0] = timed_lines(data, end, marks)
+            if len(found) >= lines or total >= TAIL_LIMIT or not data:
+                break
+        return found[-lines:] if lines > 0 else []
+
+
+class NoFile(LogFile):
+    """A stream with `file: false`: its bytes go to followers (and the
+    console) only; there is nothing to rotate or read back."""
+
+    __slots__ = ()
+
+    def __init__(self, settings: LogConfig) -> None:
+        super().__init__("", settings)
+        self.regular = False
+        self.splice_ok = False
+
+    def open(self) -> None:
+        pass
+
+    def reopen(self) -> None:
+        pass
+
+    def take_from(self, pipe: int, budget: int) -> int | None:
+        moved = 0
+        while moved < budget:
+            count = self._copy(pipe, min(FOLLOW_CHUNK, budget - moved))
+            if count is None:
+                return moved
+            if count == 0:
+                return None
+            moved += count
+        return moved
+
+    def write(self, data: bytes) -> None:
+        for follower in list(self._followers):
+            follower(data)
+
+    def tail(self, lines: int) -> bytes:
+        return b""
+
+    def timed_tail(self, lines: int) -> list[tuple[float, bytes]]:
+        return []
+
+
+def thinned(marks: array[float]) -> array[float]:
+    """Every other mark of the older half dropped: recent lines keep the
+    finest order, older ones a coarser one."""
+    half = len(marks) // 4 * 2  # of the flat array: a whole number of pairs
+    kept = array("d")
+    for start in range(0, half, 4):
+        kept.extend(marks[start:start + 2])
+    kept.extend(marks[half:])
+    return kept
+
+
+def time_of(marks: array[float] | None, end: int) -> float:
+    """When the line ending at offset `end` was written (0.0: before any mark)."""
+    if marks is None:
+        return 0.0
+    for index in range(0, len(marks), 2):
+        if marks[index] >= end:
+            return marks[index + 1]
+    return marks[-1]
+
 
 def count_lines(data: bytes) -> int:
     """Lines, counting an unterminated last line as one."""
@@ -346,10 +499,16 @@ def keep_last_lines(data: bytes, lines: int) -> bytes:
 
 def tail_file(path: str, lines: int, limit: int, block: int = TAIL_BLOCK) -> bytes:
     """Read backwards from the end of path until `lines` lines or `limit` bytes."""
+    return tail_file_with_end(path, lines, limit, block)[0]
+
+
+def tail_file_with_end(path: str, lines: int, limit: int,
+                       block: int = TAIL_BLOCK) -> tuple[bytes, int]:
+    """tail_file, and the file's size when it was read (the offset the data ends at)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
-        return b""
+        return b"", 0
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
         data = b""
@@ -358,9 +517,33 @@ def tail_file(path: str, lines: int, limit: int, block: int = TAIL_BLOCK) -> byt
             step = min(block, position, limit - len(data))
             position -= step
             data = os.pread(fd, step, position) + data
-        return keep_last_lines(data, lines)
+        return keep_last_lines(data, lines), end
     finally:
         os.close(fd)
+
+
+def timed_lines(data: bytes, end: int, marks: array[float] | None) \
+        -> list[tuple[float, bytes]]:
+    """data (which ends at offset `end` of its file) as lines, each with its time."""
+    found = []
+    offset = end - len(data)
+    for line in data.splitlines(keepends=True):
+        offset += len(line)
+        found.append((time_of(marks, offset), line))
+    return found
+
+
+def last_line_end(fd: int, limit: int, block: int = TAIL_BLOCK) -> int:
+    """The offset just after the last newline in the first `limit` bytes of
+    fd; `limit` itself when there is none (one line longer than that)."""
+    position = limit
+    while position > 0:
+        start = max(0, position - block)
+        newline = os.pread(fd, position - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        position = start
+    return limit
 
 
 def _discard(pipe: int, size: int) -> int | None:

@@ -2,7 +2,8 @@
 
 Each instance's stdout (and stderr, unless merged) is a pipe whose read end
 the daemon drains in the loop into the instance's LogFile (logfile.py), which
-moves the bytes with splice(2) when nobody follows the log.
+moves the bytes with splice(2) when nobody follows the log; or, with
+`timestamps` or `console` set, through a LineShaper (lines.py), line by line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .config import LogConfig
-from .logfile import BUDGET, DropTally, LogFile
+from .lines import Console, LineShaper
+from .logfile import BUDGET, DropTally, LogFile, NoFile
 from .loop import Loop, Timer
 from .names import log_name
 from .running import RunningConfig
@@ -50,7 +52,14 @@ class Capture:
 
     read_end: int
     target: LogFile
+    stream: str  # "stdout" or "stderr"
+    shaper: LineShaper | None = None  # None: bytes as they come, spliced if possible
     resume: Timer | None = None
+
+    def take_from(self, budget: int) -> int | None:
+        """Move up to budget bytes on; how many, or None at EOF."""
+        mover = self.target if self.shaper is None else self.shaper
+        return mover.take_from(self.read_end, budget)
 
 
 @dataclass(slots=True)
@@ -69,14 +78,25 @@ class InstanceLogs:
         return sum(log_file.dropped for log_file in self.files())
 
 
+NO_FILE = ""  # the path of a stream that writes no file (`file: false`)
+
+
+def log_path(log_dir: str, name: str, settings: LogConfig, suffix: str) -> str:
+    """Where one stream goes: its own file, the default one, or NO_FILE."""
+    if settings.file is False:
+        return NO_FILE
+    if isinstance(settings.file, str):
+        return settings.file
+    return os.path.join(log_dir, log_name(name)) + suffix
+
+
 def log_paths(log_dir: str, name: str, stdout: LogConfig, stderr: LogConfig) \
         -> tuple[str, str | None]:
     """Where an instance's stdout and stderr go (None: stderr joins stdout)."""
-    base = os.path.join(log_dir, log_name(name))
-    out = stdout.file or base + ".out.log"
+    out = log_path(log_dir, name, stdout, ".out.log")
     if stderr.merge:
         return out, None
-    return out, stderr.file or base + ".err.log"
+    return out, log_path(log_dir, name, stderr, ".err.log")
 
 
 class Logs:
@@ -93,6 +113,9 @@ class Logs:
         self.files: dict[str, LogFile] = {}
         self.drops = DropTally()
         self.daemon_log = daemon_log  # when detached: the daemon's stdout/stderr go there
+        # superd's own stdout and stderr, for `console: true`: only in the
+        # foreground (detached, they are its log file).
+        self.consoles: dict[str, Console] = {}
 
     def logs_of(self, name: str, stdout: LogConfig, stderr: LogConfig) -> InstanceLogs:
         """The instance's files for these settings.  After a reload changed them
@@ -112,6 +135,8 @@ class Logs:
         return entry
 
     def _file(self, path: str, settings: LogConfig) -> LogFile:
+        if path == NO_FILE:
+            return NoFile(settings)  # its own: followers of two streams must not meet
         log_file = self.files.get(path)
         if log_file is None:
             log_file = self.files[path] = LogFile(path, settings, self._failed, self.drops)
@@ -124,6 +149,15 @@ class Logs:
         used = {log_file.path for entry in self.instances.values() for log_file in entry.files()}
         for path in set(self.files) - used:
             self.files.pop(path).close()
+
+    def _console(self, stream: str) -> Console | None:
+        if self.daemon_log is not None:
+            return None
+        console = self.consoles.get(stream)
+        if console is None:
+            fd = 1 if stream == "stdout" else 2
+            console = self.consoles[stream] = Console(self.loop, fd, f"superd's {stream}")
+        return console
 
     def _failed(self, path: str, message: str) -> None:
         """Tell once for each instance whose output goes to the failing file."""
@@ -143,24 +177,41 @@ class Logs:
         if previous is not None:
             self._close_captures(previous)
         entry = self.logs_of(name, stdout, stderr)
-        write_ends = [self._capture(entry, entry.stdout)]
+        write_ends = [self._capture(name, entry, "stdout")]
         try:
             if entry.stderr is not None:
-                write_ends.append(self._capture(entry, entry.stderr))
+                write_ends.append(self._capture(name, entry, "stderr"))
             yield write_ends[0], write_ends[-1]
         finally:
             for write_end in write_ends:
                 os.close(write_end)
 
-    def _capture(self, entry: InstanceLogs, target: LogFile) -> int:
+    def _capture(self, name: str, entry: InstanceLogs, stream: str) -> int:
         read_end, write_end = make_pipe()
-        capture = Capture(read_end, target)
-        entry.captures.append(capture)
-        self._listen(entry, capture)
+        try:
+            self._start_capture(name, entry, read_end, stream)
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
         return write_end
 
+    def _start_capture(self, name: str, entry: InstanceLogs, read_end: int, stream: str,
+                       pending: bytes = b"") -> None:
+        """Drain read_end into the stream's file, line by line if its settings say so."""
+        _, stdout, stderr = entry.settings
+        settings, target = (stderr, entry.stderr) if stream == "stderr" and entry.stderr \
+            else (stdout, entry.stdout)
+        shaper = None
+        if settings.shaped or pending:
+            console = self._console(stream) if settings.console else None
+            shaper = LineShaper(target, self.loop, name, settings.timestamps, console, pending)
+        capture = Capture(read_end, target, stream, shaper)
+        entry.captures.append(capture)
+        self._listen(entry, capture)
+
     def _pump(self, entry: InstanceLogs, capture: Capture) -> None:
-        moved = capture.target.take_from(capture.read_end, BUDGET)
+        moved = capture.take_from(BUDGET)
         if moved is None:
             self._close_capture(entry, capture)
         elif moved < BATCH:
@@ -186,37 +237,49 @@ class Logs:
         if entry is None:
             return
         for capture in list(entry.captures):
-            if capture.target.take_from(capture.read_end, DRAIN_BUDGET) is None:
+            if capture.take_from(DRAIN_BUDGET) is None:
                 self._close_capture(entry, capture)
+            elif capture.shaper is not None:
+                capture.shaper.flush()  # its last line, even without a newline
 
     def _close_captures(self, entry: InstanceLogs) -> None:
         for capture in list(entry.captures):
-            capture.target.take_from(capture.read_end, DRAIN_BUDGET)
+            capture.take_from(DRAIN_BUDGET)
             self._close_capture(entry, capture)
 
     def _close_capture(self, entry: InstanceLogs, capture: Capture) -> None:
         if capture.resume is not None:
             capture.resume.cancel()
+        if capture.shaper is not None:
+            capture.shaper.close()
         self.loop.remove_reader(capture.read_end)
         os.close(capture.read_end)
         entry.captures.remove(capture)
 
     # -- hand-over to a new image (a re-exec) -----------------------------------
-    def pipes(self) -> dict[str, list[tuple[int, str]]]:
-        """Instance name -> its open pipes, as (read end, path of the file it feeds)."""
-        return {name: [(capture.read_end, capture.target.path) for capture in entry.captures]
+    def pipes(self) -> dict[str, list[tuple[int, str, bytes]]]:
+        """Instance name -> its open pipes, as (read end, stream, part line held)."""
+        return {name: [(capture.read_end, capture.stream,
+                        b"" if capture.shaper is None else capture.shaper.pending)
+                       for capture in entry.captures]
                 for name, entry in self.instances.items() if entry.captures}
 
     def adopt(self, name: str, stdout: LogConfig, stderr: LogConfig,
-              pipes: list[tuple[int, str]]) -> None:
-        """Drain pipes the image before left open, into the files they fed."""
+              pipes: list[tuple[int, str, bytes]]) -> None:
+        """Drain pipes the image before left open, into their streams' files."""
         entry = self.logs_of(name, stdout, stderr)
-        for read_end, path in pipes:
-            target = next((f for f in entry.files() if f.path == path), None) \
-                or self._file(path, stdout)  # a file a reload has since replaced
-            capture = Capture(read_end, target)
-            entry.captures.append(capture)
-            self._listen(entry, capture)
+        for read_end, stream, pending in pipes:
+            self._start_capture(name, entry, read_end, stream, pending)
+
+    def console_output(self) -> dict[str, bytes]:
+        """What superd's stdout and stderr have not taken yet."""
+        return {stream: console.pending() for stream, console in self.consoles.items()}
+
+    def queue_console_output(self, pending: dict[str, bytes]) -> None:
+        for stream, data in pending.items():
+            console = self._console(stream) if data else None
+            if console is not None:
+                console.write(data)
 
     def reopen(self) -> None:
         """Reopen every file superd writes, for an external logrotate."""
@@ -231,6 +294,8 @@ class Logs:
             self._close_captures(entry)
         for log_file in self.files.values():
             log_file.close()
+        for console in self.consoles.values():
+            console.close()
 
     def dropped_by_instance(self) -> dict[str, int]:
         """Instance name -> bytes dropped, for the instances that dropped any."""

@@ -21,6 +21,7 @@ from .apply import Reconfigurer
 from .config import WorkerConfig
 from .events import EventBus, log_error_event, state_event
 from .exits import describe_exit
+from .handover import decode_bytes, encode_bytes
 from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
@@ -119,7 +120,11 @@ class Supervisor:
         """Everything about the workers a new image needs to go on with them."""
         notify = self.notify_server
         return {"instances": [i.snapshot() for i in self.registry.everything()],
-                "logs": self.logs.pipes(),
+                "logs": {name: [[fd, stream, encode_bytes(pending)]
+                                for fd, stream, pending in pipes]
+                         for name, pipes in self.logs.pipes().items()},
+                "console": {stream: encode_bytes(data)
+                            for stream, data in self.logs.console_output().items()},
                 "orchestrator": self.orchestrator.pending(),
                 "sockets": self.sockets.fds_by_name(),
                 "notify": None if notify is None else notify.sock.fileno()}
@@ -136,12 +141,15 @@ class Supervisor:
         for name, pipes in saved["logs"].items():
             instance = self.registry.get(name)
             if instance is None:
-                for read_end, _ in pipes:
-                    os.close(read_end)  # the output of a worker a reload removed
+                for pipe in pipes:
+                    os.close(pipe[0])  # the output of a worker a reload removed
                 continue
             worker = instance.config
             self.logs.adopt(name, worker.stdout, worker.stderr,
-                            [(int(fd), str(path)) for fd, path in pipes])
+                            [(int(fd), str(stream), decode_bytes(pending))
+                             for fd, stream, pending in pipes])
+        self.logs.queue_console_output({stream: decode_bytes(data)
+                                        for stream, data in saved["console"].items()})
         self.orchestrator.resume(saved["orchestrator"])
 
     def _take_over_instance(self, snapshot: dict[str, Any]) -> None:
