@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from superd.protocol import Kind
-from support import Client, Superd, small_disk, wait_for
+from support import DEADLINE, Client, Superd, small_disk, wait_for
 
 PY = sys.executable
 # Numbered lines, one every `pause` seconds, forever.
@@ -82,12 +82,16 @@ def test_logs_stderr_and_bad_names(superd: Superd) -> None:
     superd.start({"a": worker([PY, "-c", script]), "many": worker(["true"], numprocs=2)})
     superd.wait_state("a", "EXITED")
     assert superd.ctl("logs", "a", "--stderr", "-n", "1").stdout == "e2\n"
-    for name in ("many", "nope", "all"):
-        result = superd.ctl("logs", name)
-        assert result.returncode == 1 and name in result.stderr and not result.stdout
-        assert "Traceback" not in result.stderr
+    result = superd.ctl("logs", "nope")
+    assert result.returncode == 1 and "nope" in result.stderr and not result.stdout
+    assert "Traceback" not in result.stderr
     client = superd.client()
     try:
+        # On the wire, `name` is one instance; `names` takes several.
+        for name in ("many", "all"):
+            assert client.call("logs", {"name": name})["error"]["code"] == "bad_args"
+        reply = client.call("logs", {"names": "a"})
+        assert reply["error"]["code"] == "bad_args"
         reply = client.call("logs", {"name": "a", "lines": -1})
         assert reply["error"]["code"] == "bad_args"
         reply = client.call("logs", {"name": "a", "stream": "both"})
@@ -395,3 +399,65 @@ def test_instances_sharing_a_file_do_not_overwrite_each_other(superd: Superd) ->
         assert [line for line in lines if line.startswith(tag)] == \
             [f"{tag} {i}" for i in range(2000)]
     assert len(lines) == 4000
+
+
+def test_logs_of_several_instances_are_merged_in_time_order(superd: Superd) -> None:
+    # Three instances take turns through a shared counter file, so the order
+    # in which their lines were written is known.
+    turn = superd.folder / "turn"
+    turn.write_text("0")
+    script = ("import os, sys, time\n"
+              "me, path = int(os.environ['SUPERD_INSTANCE']), sys.argv[1]\n"
+              "n = me\n"
+              "while n < 30:\n"
+              "    if int(open(path).read() or 0) == n:\n"
+              "        os.write(1, b'line %d\\n' % n)\n"
+              "        time.sleep(0.03)\n"
+              "        open(path, 'w').write(str(n + 1))\n"
+              "        n += 3\n"
+              "    time.sleep(0.005)\n"
+              "time.sleep(600)\n")
+    superd.start({"w": worker([PY, "-c", script, str(turn)], numprocs=3),
+                  "quiet": worker(["sleep", "600"])})
+    wait_for(lambda: turn.read_text() == "30", what="30 lines written in turn")
+    merged = superd.ctl("logs", "w", "-n", "12")
+    assert merged.returncode == 0, merged.stderr
+    expected = [f"w:{n % 3} | line {n}" for n in range(18, 30)]
+    assert merged.stdout.splitlines() == expected
+    # Several names, and the wire form: [name, text] pairs.
+    result = superd.call("logs", {"names": ["w:2", "w:0"], "lines": 3})
+    assert result["names"] == ["w:2", "w:0"]
+    assert result["lines"] == [["w:2", "line 26\n"], ["w:0", "line 27\n"],
+                               ["w:2", "line 29\n"]]
+    # No name at all is every instance; one instance has no prefix.
+    assert superd.ctl("logs", "-n", "1").stdout == "w:2   | line 29\n"
+    assert superd.ctl("logs", "w:1", "-n", "1").stdout == "line 28\n"
+
+
+def test_logs_f_follows_several_instances_across_restarts(superd: Superd) -> None:
+    script = ("import os, sys, time\n"
+              "os.write(1, b'start ' + os.environ['SUPERD_NAME'].encode() + b'\\n')\n"
+              "os.write(1, b'part of a ')\n"
+              "time.sleep(0.2)\n"
+              "os.write(1, b'line\\n')\n"
+              "time.sleep(600)\n")
+    superd.start({"w": worker([PY, "-c", script], numprocs=2)})
+    wait_for(lambda: all(superd.log_file(f"w:{i}").read_bytes().count(b"\n") == 2
+                         for i in range(2)))
+    output = superd.folder / "followed"
+    with output.open("w") as sink:
+        follower = subprocess.Popen([PY, "-m", "superd.cli", "-s", superd.socket, "logs",
+                                     "-f", "-n", "1", "w"], env=superd.env, stdout=sink,
+                                    stderr=subprocess.DEVNULL)
+    try:
+        # The tail's one line comes first: from then on it follows.
+        wait_for(lambda: output.read_text().endswith("part of a line\n"), what="the tail")
+        assert superd.ctl("restart", "w").returncode == 0
+        wait_for(lambda: output.read_text().count("part of a line") == 3
+                 and output.read_text().count("start") == 2, what="both restarts followed")
+    finally:
+        follower.terminate()
+        follower.wait(DEADLINE)
+    lines = output.read_text().splitlines()[1:]
+    assert sorted(lines) == ["w:0 | part of a line", "w:0 | start w:0",
+                             "w:1 | part of a line", "w:1 | start w:1"]

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, TypeAlias
 
+    from superd.logview import LogView
+
     Row: TypeAlias = dict[str, Any]
     Handler: TypeAlias = Callable[[Client, Args], int]
 
@@ -316,38 +318,46 @@ def cmd_reopen(client: Client, args: Args) -> int:
 
 
 def cmd_logs(client: Client, args: Args) -> int:
-    """Print the last lines of an instance's stdout (or stderr); -f follows."""
-    wire_args = {"name": args.name, "lines": args.lines, "follow": args.follow,
+    """Print the last lines of instances' stdout (or stderr), merged in time
+    order with INSTANCE | prefixes when there are several; -f follows."""
+    from superd.logview import LogView
+
+    wire_args = {"names": args.names, "lines": args.lines, "follow": args.follow,
                  "stream": "stderr" if args.stderr else "stdout"}
-    show = print_json_line if args.json else print_log_data
     try:
-        show(as_object(client.request("logs", wire_args)))
+        result = as_object(client.request("logs", wire_args))
+        view = LogView([str(name) for name in result["names"]], wants_colour())
+        if args.json:
+            print_json_line(result)
+        else:
+            view.show_lines(result["lines"])
         if args.follow:
-            return follow_logs(client, show)
+            return follow_logs(client, print_json_line if args.json else
+                               lambda event: view.show_chunk(str(event["name"]),
+                                                             str(event.get("data", ""))),
+                               view)
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
 
 
-def follow_logs(client: Client, show: Callable[[Row], None]) -> int:
-    """Print pushed output until interrupted or until superd goes (both exit 0)."""
+def follow_logs(client: Client, show: Callable[[Row], None], view: LogView) -> int:
+    """Print pushed output until interrupted, until superd re-execs or goes
+    (all exit 0), or until it cuts this reader off (exit 1)."""
     try:
         for event in client.events():
             if event.get("event") == "reexec":
                 print("superctl: superd re-executed itself; following ends", file=sys.stderr)
                 return EXIT_OK
-            show(event)
             if event.get("event") == "log_cut":
                 fail(str(event.get("message", "cut off by superd")))
                 return EXIT_FAILED
+            show(event)
     except DaemonUnreachable:
         print("superctl: superd went away; no more output", file=sys.stderr)
+    finally:
+        view.finish()
     return EXIT_OK
-
-
-def print_log_data(message: Row) -> None:
-    sys.stdout.write(str(message.get("data", "")))
-    sys.stdout.flush()
 
 
 def print_json_line(message: Row) -> None:

@@ -56,7 +56,6 @@ class Args:
     names: list[str] = []  # shared, so never appended to: assigned whole
     no_wait: bool = False
     sig: str = ""
-    name: str = ""
     lines: int = 50
     follow: bool = False
     stderr: bool = False
@@ -164,7 +163,8 @@ def build_parser(commands: Mapping[str, object]) -> argparse.ArgumentParser:
     sub.add_argument("names", nargs="+", metavar="NAME")
     command("shutdown")
     sub = command("logs")
-    sub.add_argument("name", metavar="NAME", help="one instance (or a worker with one)")
+    sub.add_argument("names", nargs="*", metavar="NAME",
+                     help="instances, workers or 'all' (default: every instance)")
     sub.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default 50)")
     sub.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     sub.add_argument("--stderr", action="store_true", help="stderr instead of stdout")

@@ -17,7 +17,7 @@ from .control import Connection, Reply
 from .events import Subscribers
 from .exits import describe_exit
 from .launcher import signal_group
-from .logfile import Follow, LogFile
+from .logfile import Follow, LogFile, merged_tail
 from .protocol import Kind
 from .registry import UnknownName
 from .reload import ReloadRefused
@@ -182,18 +182,39 @@ class Commands:
         reply.ok({})
 
     def cmd_logs(self, args: dict[str, Any], reply: Reply) -> None:
-        """Last `lines` lines of one instance's stdout or stderr; `follow` streams more."""
-        instance = self._one_instance(args.get("name"))
+        """The last `lines` lines of one instance's (`name`) or several
+        instances' (`names`: merged in time order) stdout or stderr;
+        `follow` streams more."""
         lines, stream, follow = _logs_args(args)
-        worker = instance.config
-        log_file = self.logs.file_for(instance.name, worker.stdout, worker.stderr, stream)
-        text = log_file.tail(lines).decode(errors="replace")
-        reply.ok({"name": instance.name, "stream": stream, "data": text})
+        if "names" in args:
+            instances = self._instances(args)
+            named = self._log_files(instances, stream)
+            merged = merged_tail(named, lines)
+            reply.ok({"names": [i.name for i in instances], "stream": stream,
+                      "lines": [[name, line.decode(errors="replace")] for name, line in merged]})
+        else:
+            instance = self._one_instance(args.get("name"))
+            named = self._log_files([instance], stream)
+            text = named[0][1].tail(lines).decode(errors="replace")
+            reply.ok({"name": instance.name, "stream": stream, "data": text})
         if follow:
-            connection = reply.connection
-            follow_log(connection, instance.name, stream, log_file)
-            self.followers.add(connection)
-            connection.when_closed(lambda: self.followers.discard(connection))
+            self._follow(reply.connection, named, stream)
+
+    def _log_files(self, instances: list[Instance], stream: str) -> list[tuple[str, LogFile]]:
+        """Each instance's file for the stream; a file several share, once."""
+        named: dict[int, tuple[str, LogFile]] = {}
+        for instance in instances:
+            worker = instance.config
+            log_file = self.logs.file_for(instance.name, worker.stdout, worker.stderr, stream)
+            named.setdefault(id(log_file), (instance.name, log_file))
+        return list(named.values())
+
+    def _follow(self, connection: Connection, named: list[tuple[str, LogFile]],
+                stream: str) -> None:
+        for name, log_file in named:
+            follow_log(connection, name, stream, log_file)
+        self.followers.add(connection)
+        connection.when_closed(lambda: self.followers.discard(connection))
 
     def _one_instance(self, name: object) -> Instance:
         if not isinstance(name, str):

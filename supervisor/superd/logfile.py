@@ -402,18 +402,19 @@ class LogFile:
         text = b"".join(chunks)
         return keep_last_lines(text, lines)
 
-    def timed_tail(self, lines: int) -> list[tuple[float, bytes]]:
-        """The last `lines` lines with the time each was written (as far as
-        the marks tell: 0.0 for lines older than every mark), oldest first."""
+    def timed_tail(self, lines: int, limit: int = TAIL_LIMIT) -> list[tuple[float, bytes]]:
+        """The last `lines` lines (at most `limit` bytes) with the time each was
+        written (as far as the marks tell: 0.0 for lines older than every
+        mark), oldest first."""
         found: list[tuple[float, bytes]] = []
         total = 0
         generations = [(self.path, self.marks), (f"{self.path}.1", self.previous_marks),
                        *((f"{self.path}.{i}", None) for i in range(2, self.backups + 1))]
         for path, marks in generations[:self.backups + 1]:
-            data, end = tail_file_with_end(path, lines - len(found), TAIL_LIMIT - total)
+            data, end = tail_file_with_end(path, lines - len(found), limit - total)
             total += len(data)
             found[:0] = timed_lines(data, end, marks)
-            if len(found) >= lines or total >= TAIL_LIMIT or not data:
+            if len(found) >= lines or total >= limit or not data:
                 break
         return found[-lines:] if lines > 0 else []
 
@@ -453,8 +454,21 @@ class NoFile(LogFile):
     def tail(self, lines: int) -> bytes:
         return b""
 
-    def timed_tail(self, lines: int) -> list[tuple[float, bytes]]:
+    def timed_tail(self, lines: int, limit: int = TAIL_LIMIT) -> list[tuple[float, bytes]]:
         return []
+
+
+def merged_tail(named: list[tuple[str, LogFile]], lines: int) -> list[tuple[str, bytes]]:
+    """The last `lines` lines of several files, each with its name, merged in
+    the order they were written (per file, in file order).  Each file is
+    read for its share of TAIL_LIMIT, so many files cost no more than one."""
+    share = max(1024, TAIL_LIMIT // max(1, len(named)))
+    timed = []
+    for rank, (name, log_file) in enumerate(named):
+        for sequence, (when, line) in enumerate(log_file.timed_tail(lines, share)):
+            timed.append((when, rank, sequence, name, line))
+    timed.sort(key=lambda entry: entry[:3])
+    return [(name, line) for _, _, _, name, line in timed[-lines:]] if lines > 0 else []
 
 
 def thinned(marks: array[float]) -> array[float]:
