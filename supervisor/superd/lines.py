@@ -51,7 +51,8 @@ class Stamps:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local)
             self._zone = f"{sign}{hours:02d}:{minutes:02d} "
-        return f"{self._prefix}.{int((now - second) * 1e6):06d}{self._zone}".encode()
+        micros = min(999_999, round((now - second) * 1e6))
+        return f"{self._prefix}.{micros:06d}{self._zone}".encode()
 
 
 STAMPS = Stamps()
