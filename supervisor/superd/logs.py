@@ -156,7 +156,12 @@ class Logs:
         console = self.consoles.get(stream)
         if console is None:
             fd = 1 if stream == "stdout" else 2
-            console = self.consoles[stream] = Console(self.loop, fd, f"superd's {stream}")
+            try:
+                console = self.consoles[stream] = Console(self.loop, fd, f"superd's {stream}")
+            except OSError as exc:  # closed: lines go to the files alone
+                log.warning("no console lines: cannot write to superd's %s: %s", stream,
+                            exc.strerror or exc)
+                return None
         return console
 
     def _failed(self, path: str, message: str) -> None:
