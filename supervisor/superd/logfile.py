@@ -220,6 +220,10 @@ class LogFile:
         if not self._writable():
             self._dropped(len(data))
             return
+        self._write_out(data, new=True)
+
+    def _write_out(self, data: bytes, new: bool) -> None:
+        """All of data to the file (new: just written by the worker, so marked)."""
         view = memoryview(data)
         while view:
             try:
@@ -228,7 +232,10 @@ class LogFile:
                 self._failed(exc)
                 self._dropped(len(view))
                 return
-            self._grew(written)
+            if new:
+                self._grew(written)
+            else:
+                self.size += written
             view = view[written:]
 
     def _grew(self, count: int) -> None:
@@ -345,17 +352,9 @@ class LogFile:
         self.previous_marks, self.marks = old or None, fresh or None
 
     def _carry(self, data: bytes) -> None:
-        """Write the part line cut off at rotation (followers had it already)."""
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._fd(), view)
-            except OSError as exc:
-                self._failed(exc)
-                self._dropped(len(view))
-                return
-            self.size += written
-            view = view[written:]
+        """Write the part line cut off at rotation (followers had it already;
+        its marks moved with it)."""
+        self._write_out(data, new=False)
 
     def _shift_backups(self) -> None:
         if self.backups == 0:
