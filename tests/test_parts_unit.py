@@ -143,7 +143,7 @@ def test_a_failing_log_file_reports_once_per_episode(tmp_path: Path) -> None:
     ["--foreground", "--check"], ["-c", "a", "-c", "b"], ["--foreground", "--foreground"],
 ])
 def test_the_daemons_quick_parse_agrees_with_argparse(words: list[str]) -> None:
-    from superd.daemon import _argparse, _quick_parse
+    from superd.daemonargs import _argparse, _quick_parse
 
     assert _quick_parse(words) == _argparse(words)
 
@@ -151,7 +151,7 @@ def test_the_daemons_quick_parse_agrees_with_argparse(words: list[str]) -> None:
 @pytest.mark.parametrize("words", [["--config=a"], ["-c"], ["-c", "--check"], ["--help"],
                                    ["--version"], ["-ca"], ["--fore"]])
 def test_the_daemons_quick_parse_leaves_the_rest_to_argparse(words: list[str]) -> None:
-    from superd.daemon import _quick_parse
+    from superd.daemonargs import _quick_parse
 
     assert _quick_parse(words) is None
 

@@ -16,15 +16,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from . import __version__
 from .commands import Commands
 from .config import Config, ConfigError, find_path, load
 from .control import ControlServer
+from .daemonargs import parse_args
 from .daemonlog import DaemonLog, install
 from .events import reexec_event, reload_event
-from .handover import HandoverError, decode_bytes, encode_bytes, kept_fds, read_state, refusal
+from .handover import encode_bytes, kept_fds
 from .keeper import become_keeper
 from .launcher import Launched
 from .listen import ListenError
@@ -580,127 +580,14 @@ def run_foreground(config: Config) -> int:
 
     return run_daemon(config, ready, systemd="NOTIFY_SOCKET" in os.environ, own_log=own_log)
 
-@dataclass(frozen=True)
-class DaemonArgs:
-    config: str | None = None
-    foreground: bool = False
-    check: bool = False
-    resume: int | None = None  # a re-exec's new image: the fd of the state
-    can_resume: int | None = None  # the check before a re-exec: a state format
-
-
-def parse_args(argv: list[str] | None) -> DaemonArgs:
-    """The command line.  `-c FILE`, `--config FILE`, `--foreground` and
-    `--check` are read here; anything else (help, version, a mistake) goes to
-    argparse, which is imported only then: it would stay in the daemon's
-    memory for good."""
-    words = sys.argv[1:] if argv is None else argv
-    return _quick_parse(words) or _argparse(words)
-
-
-def _quick_parse(words: list[str]) -> DaemonArgs | None:
-    if len(words) == 2 and words[0] == "--resume" and words[1].isdigit():
-        return DaemonArgs(resume=int(words[1]))
-    if len(words) in (2, 3) and words[0] == "--can-resume" and words[1].isdigit():
-        return DaemonArgs(config=words[2] if len(words) == 3 else None,
-                          can_resume=int(words[1]))
-    config, flags = None, set()
-    rest = iter(words)
-    for word in rest:
-        if word in ("-c", "--config"):
-            config = next(rest, None)
-            if config is None or config.startswith("-"):
-                return None
-        elif word in ("--foreground", "--check"):
-            flags.add(word)
-        else:
-            return None
-    return DaemonArgs(config, "--foreground" in flags, "--check" in flags)
-
-
-def _argparse(words: list[str]) -> DaemonArgs:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="superd", description="superd process supervisor")
-    parser.add_argument("-c", "--config", help="config file (default: $SUPERD_CONFIG or "
-                        "the system/user default)")
-    parser.add_argument("--foreground", action="store_true",
-                        help="do not detach; log to stderr (for systemd and containers)")
-    parser.add_argument("--check", action="store_true", help="validate the config and exit")
-    parser.add_argument("--version", action="version", version=f"superd {__version__}")
-    # Internal, for a re-exec (see handover.py): not for users.
-    parser.add_argument("--resume", type=int, metavar="FD", help=argparse.SUPPRESS)
-    parser.add_argument("--can-resume", type=int, metavar="FORMAT", help=argparse.SUPPRESS)
-    parser.add_argument("running_config", nargs="?", help=argparse.SUPPRESS)
-    args = parser.parse_args(words)
-    if args.running_config is not None and args.can_resume is None:
-        parser.error(f"unrecognized arguments: {args.running_config}")
-    return DaemonArgs(args.running_config if args.can_resume is not None else args.config,
-                      args.foreground, args.check, args.resume, args.can_resume)
-
-
-def resume_daemon(state_fd: int) -> int:
-    """The new image of a re-exec: take the state over and serve."""
-    try:
-        state = read_state(state_fd)
-    except HandoverError as exc:
-        print(f"superd: {exc}", file=sys.stderr)
-        return 2
-    lineage = state["daemon"]
-    daemon_log = lineage["daemon_log"]
-    own_log = setup_logging(timestamps=daemon_log is not None or "JOURNAL_STREAM" not in
-                            os.environ, path=daemon_log or "stderr")
-    saved = state["config"]
-    try:
-        config = load(saved["path"], decode_bytes(saved["source"]))
-    except ConfigError as exc:
-        log.error("the new image cannot read the running config:\n%s", exc)
-        return 1  # the keeper or PR_SET_PDEATHSIG takes the workers down
-    daemon = Daemon(config, daemon_log, lineage["keeper_pid"], lineage["worker_nofile"],
-                    bool(lineage["systemd"]))
-    own_log.attach(daemon.loop.call_later, daemon.supervisor.bus.publish)
-    try:
-        return _resume_and_serve(daemon, state)
-    finally:
-        own_log.detach()
-        daemon.close()
-
-
-def _resume_and_serve(daemon: Daemon, state: dict[str, Any]) -> int:
-    try:
-        daemon.resume(state)
-    except Exception:
-        log.exception("internal error while taking over the state; re-executing with it")
-        return daemon.recover_from_crash(state)
-    if daemon.systemd:
-        notify_ready()
-        daemon.report_to_systemd()
-    return serve(daemon)
-
-
-def can_resume(fmt: int, config_path: str | None) -> int:
-    """`--can-resume FORMAT [CONFIG]`: whether this installed superd takes a
-    state of that format over, and the config whose bytes come on stdin."""
-    refused = refusal(fmt)
-    if refused is not None:
-        print(refused)
-        return 1
-    if config_path is not None:
-        try:
-            load(config_path, sys.stdin.buffer.read())
-        except ConfigError as exc:
-            print(f"this superd does not accept the running config: {exc.issues[0]}")
-            return 1
-    print(f"superd {__version__} reads state format {fmt}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.can_resume is not None:
-        return can_resume(args.can_resume, args.config)
-    if args.resume is not None:
-        return resume_daemon(args.resume)
+    if args.can_resume is not None or args.resume is not None:
+        from . import resume  # it builds on this module
+
+        if args.resume is not None:
+            return resume.resume_daemon(args.resume)
+        return resume.can_resume(args.can_resume or 0, args.config)
     path = find_path(args.config)
     try:
         config = load(path)
