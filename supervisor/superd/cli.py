@@ -360,6 +360,20 @@ def event_line(event: Row) -> str:
     return f"{stamp} {json_text(event)}"
 
 
+def cmd_top(client: Client, args: Args) -> int:
+    """Show every instance live, full screen, refreshed every -d seconds; q quits."""
+    from superd import top  # and curses, which no other command needs
+
+    try:
+        top.run(client, args.delay)
+    except top.NoTerminal as exc:
+        fail(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how top is left, as q is
+    return EXIT_OK
+
+
 def run_action(
     client: Client, args: Args, cmd: str, wire_args: Row, verb: str
 ) -> int:
@@ -385,6 +399,7 @@ COMMANDS: dict[str, Handler] = {
     "reload": cmd_reload,
     "events": cmd_events,
     "reexec": cmd_reexec,
+    "top": cmd_top,
 }
 
 
