@@ -22,9 +22,9 @@ from support import DEADLINE, Superd, alive, wait_for
 SLEEPER = ["sleep", "600"]
 FAILS = ["sh", "-c", "exit 3"]
 TOP_DELAY = "0.2"
-# What bash prints after top, on the terminal's main screen.
-# Then it waits for the pane to be closed (tmux's remain-on-exit would cost the
-# screen its first line).
+# What bash does after top: print top's exit status and whether the tty's
+# settings are back, then wait for the pane to be closed (tmux's
+# remain-on-exit would scroll that first line away).
 AFTER = 'echo "EXIT=$?"; [ "$(stty -g)" = "$before" ] && echo TTY=restored || echo TTY=changed' \
     '; read -r _'
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
@@ -38,7 +38,7 @@ def worker(command: list[str], **keys: object) -> dict[str, object]:
 
 def failing(**keys: object) -> dict[str, object]:
     """Fails its every start; in BACKOFF for a long while after the first."""
-    return worker(FAILS, backoff={"initial": "60s", "max": "60s"}, **keys)
+    return worker(FAILS, backoff={"initial": "300s", "max": "300s"}, **keys)
 
 
 class Pane:
@@ -53,6 +53,7 @@ class Pane:
         self.config.write_text("set -g status off\n")
         self.env = {key: value for key, value in superd.env.items() if key != "TMUX"}
         self.pid: int | None = None
+        self.socket: Path | None = None
 
     def tmux(self, *args: str) -> str:
         done = subprocess.run(["tmux", "-L", self.server, "-f", str(self.config), *args],
@@ -68,7 +69,9 @@ class Pane:
         script.write_text(f"before=$(stty -g)\n{prefix}{shlex.join(top)}\n{AFTER}\n")
         self.tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height),
                   "-c", str(self.superd.folder), f"bash {shlex.quote(str(script))}")
-        self.pid = int(self.tmux("display-message", "-p", "-t", "top", "#{pid}"))
+        pid, socket = self.tmux("display-message", "-p", "-t", "top",
+                                "#{pid} #{socket_path}").split(maxsplit=1)
+        self.pid, self.socket = int(pid), Path(socket.strip())
 
     def lines(self, escapes: bool = False) -> list[str]:
         text = self.tmux("capture-pane", "-p", *(["-e"] if escapes else []), "-t", "top")
@@ -99,12 +102,14 @@ class Pane:
                          "top to end and bash to go on")
 
     def kill(self) -> None:
-        if self.pid is None:
-            return
+        """End the server, if one was started (and its pane's processes with it)."""
         subprocess.run(["tmux", "-L", self.server, "kill-server"], env=self.env,
                        capture_output=True, timeout=DEADLINE, check=False)
         pid = self.pid
-        wait_for(lambda: not alive(pid), what="the tmux server to exit")
+        if pid is not None:
+            wait_for(lambda: not alive(pid), what="the tmux server to exit")
+        if self.socket is not None:
+            self.socket.unlink(missing_ok=True)  # tmux leaves it behind
 
 
 @pytest.fixture
@@ -154,7 +159,7 @@ def test_the_screen_shows_superd_the_header_and_every_instance_attention_first(
     pane.start()
     lines = pane.wait(lambda lines: table_states(lines) == ATTENTION_FIRST,
                       "every instance in order")
-    assert re.fullmatch(rf"superd {re.escape(VERSION)} pid {superd.pid} up \d+s"
+    assert re.fullmatch(rf"superd {re.escape(VERSION)} pid {superd.pid} up \S+"
                         r" \| 2 running, 1 backoff, 1 fatal, 1 stopped", lines[0]), lines[0]
     assert lines[1].split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS"]
     pids = {row["name"]: str(row["pid"] or "-") for row in superd.status()}
