@@ -505,7 +505,7 @@ def test_quick_parser_agrees_with_argparse_wherever_it_answers(argv: list[str]) 
         ["-s", "x", "restart", "web", "--no-wait", "--json"],
         ["-s", "x", "stop", "all"],
         ["signal", "HUP", "web"],
-        ["shutdown"], ["reopen"], ["reload"], ["events", "--json"],
+        ["shutdown"], ["reopen"], ["reload"], ["events", "--json"], ["-s", "x", "top"],
     ],
 )
 def test_common_forms_skip_argparse(argv: list[str]) -> None:
@@ -521,6 +521,7 @@ def test_common_forms_skip_argparse(argv: list[str]) -> None:
         ["-s", "x", "-c", "y", "ping"], ["-s", "x", "-s", "y", "ping"], ["-s"], ["-s", "-c"],
         ["bogus"], ["start"], ["ping", "extra"], ["status", "--no-wait"], ["signal", "HUP"],
         ["status", "-x"], ["logs", "web:0"], ["signal", "HUP", "--json", "web"],
+        ["top", "-d", "0.5"],
     ],
 )
 def test_the_rest_is_left_to_argparse(argv: list[str]) -> None:
@@ -539,9 +540,9 @@ def test_every_command_is_in_the_argparse_grammar() -> None:
 # What the common commands must not import: each costs a run of superctl
 # milliseconds (typing, argparse and its parser, the enums that socket and
 # signal build, json with the re and enum it imports, collections), the
-# config (yaml) only when it is asked for.
+# config (yaml) only when it is asked for, curses only for `top`.
 LAZY_MODULES = ("argparse", "typing", "socket", "signal", "superd.exits", "yaml",
-                "superd.config", "json", "re", "enum", "collections")
+                "superd.config", "json", "re", "enum", "collections", "curses")
 # What output in JSON imports: json, and through it re, enum and collections.
 JSON_OUTPUT = ("json", "re", "enum", "collections")
 

@@ -17,6 +17,7 @@ import time
 
 from superd.cliargs import Args, parse_args
 from superd.client import Client, CommandFailed, DaemonUnreachable
+from superd.display import format_bytes, format_cpu, format_duration, paint_state, wants_colour
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -36,15 +37,6 @@ EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 REEXEC_TIMEOUT = 60.0  # seconds for a new image to answer after `reexec` was accepted
 
-STATE_COLOURS = {
-    "RUNNING": "32",
-    "STARTING": "33",
-    "BACKOFF": "33",
-    "STOPPING": "33",
-    "FATAL": "31",
-    "EXITED": "31",
-}
-
 
 class ConfigUnavailable(Exception):
     """The socket path could not be read from the config."""
@@ -55,40 +47,6 @@ class UnexpectedReply(Exception):
 
 
 # --- human formatting -------------------------------------------------------
-
-
-def format_duration(seconds: float | None) -> str:
-    """Two most significant units: 5s, 3m12s, 2h05m, 3d04h; '-' for none."""
-    if seconds is None:
-        return "-"
-    days, rest = divmod(max(0, int(seconds)), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def format_bytes(size: int | None) -> str:
-    """Powers of 1024 with one decimal: 512B, 12.3M; '-' for none."""
-    if size is None:
-        return "-"
-    value = float(size)
-    unit = "B"
-    for larger in "KMGTP":
-        if value < 1024:
-            break
-        value /= 1024
-        unit = larger
-    return f"{size}B" if unit == "B" else f"{value:.1f}{unit}"
-
-
-def format_cpu(percent: float | None) -> str:
-    return "-" if percent is None else f"{percent:.1f}"
 
 
 def describe_exit(exit_status: int) -> str:
@@ -107,17 +65,6 @@ def exit_note(row: Row) -> str:
     if row.get("description"):
         return str(row["description"])
     return "" if row.get("exit_status") is None else describe_exit(int(row["exit_status"]))
-
-
-def paint_state(state: str, colour: bool) -> str:
-    code = STATE_COLOURS.get(state)
-    if not colour or code is None:
-        return state
-    return f"\x1b[{code}m{state}\x1b[0m"
-
-
-def wants_colour() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 def render_table(table: list[list[str]]) -> list[str]:
@@ -423,6 +370,20 @@ def event_line(event: Row) -> str:
     return f"{stamp} {json_text(event)}"
 
 
+def cmd_top(client: Client, args: Args) -> int:
+    """Show every instance live, full screen, refreshed every -d seconds; q quits."""
+    from superd import top  # and curses, which no other command needs
+
+    try:
+        top.run(client, args.delay)
+    except top.NoTerminal as exc:
+        fail(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how top is left, as q is
+    return EXIT_OK
+
+
 def run_action(
     client: Client, args: Args, cmd: str, wire_args: Row, verb: str
 ) -> int:
@@ -448,6 +409,7 @@ COMMANDS: dict[str, Handler] = {
     "reload": cmd_reload,
     "events": cmd_events,
     "reexec": cmd_reexec,
+    "top": cmd_top,
 }
 
 

@@ -40,6 +40,7 @@ QUICK_GRAMMAR: dict[str, Grammar] = {
     "reload": ((), None, ()),
     "events": ((), None, ()),
     "reexec": ((), None, ()),
+    "top": ((), None, ()),  # -d SECONDS takes a value: that form is argparse's
 }
 
 
@@ -59,6 +60,7 @@ class Args:
     lines: int = 50
     follow: bool = False
     stderr: bool = False
+    delay: float = 1.0
 
     def __init__(self, **values: object) -> None:
         for key, value in values.items():
@@ -172,4 +174,21 @@ def build_parser(commands: Mapping[str, object]) -> argparse.ArgumentParser:
     command("reload")
     command("events")
     command("reexec")
+    command("top").add_argument(
+        "-d", "--delay", type=positive_seconds, default=1.0, metavar="SECONDS",
+        help="seconds between refreshes (default 1)")
     return parser
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of `top -d`: a finite number above 0."""
+    import argparse
+    import math
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return seconds
