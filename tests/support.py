@@ -182,6 +182,9 @@ class Superd:
         self.env.pop("SUPERD_SOCKET", None)
         self.env.pop("SUPERD_CONFIG", None)
         self.env.pop("NOTIFY_SOCKET", None)
+        # Set by systemd, they would move the default socket and logs (config.py).
+        self.env.pop("RUNTIME_DIRECTORY", None)
+        self.env.pop("LOGS_DIRECTORY", None)
 
     def write_config(self, workers: dict[str, Any], daemon: dict[str, Any] | None = None,
                      **top: Any) -> Path:

@@ -230,6 +230,42 @@ def test_relative_config_path_still_gives_absolute_paths(
     assert loaded.daemon.socket == str(tmp_path / "run" / "superd.sock")
 
 
+def test_systemd_directories_move_the_default_runtime_and_log_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd joins several RuntimeDirectory=/LogsDirectory= folders with ":"; ours is first.
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/superd:/run/other")
+    monkeypatch.setenv("LOGS_DIRECTORY", "/var/log/superd")
+    daemon = load_text(tmp_path, "").daemon
+    assert daemon.socket == "/run/superd/superd.sock"
+    assert daemon.pidfile == "/run/superd/superd.pid"
+    assert daemon.log_dir == "/var/log/superd"
+    assert daemon.log_file == "/var/log/superd/superd.log"
+
+
+def test_paths_written_in_the_config_win_over_systemd_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/superd")
+    monkeypatch.setenv("LOGS_DIRECTORY", "/var/log/superd")
+    daemon = load_text(tmp_path, """\
+        daemon: {socket: s.sock, pidfile: p.pid, log_dir: logs, log_file: own.log}
+        """).daemon
+    assert (daemon.socket, daemon.pidfile) == (str(tmp_path / "s.sock"), str(tmp_path / "p.pid"))
+    assert (daemon.log_dir, daemon.log_file) == (str(tmp_path / "logs"), str(tmp_path / "own.log"))
+
+
+@pytest.mark.parametrize("value", ["", ":"])
+def test_empty_systemd_directories_leave_the_defaults_beside_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", value)
+    monkeypatch.setenv("LOGS_DIRECTORY", value)
+    daemon = load_text(tmp_path, "").daemon
+    assert daemon.socket == str(tmp_path / "run" / "superd.sock")
+    assert daemon.log_file == str(tmp_path / "log" / "superd.log")
+
+
 def test_loading_creates_no_folders(tmp_path: Path) -> None:
     load_text(tmp_path, MINIMAL_WORKER)
     assert sorted(os.listdir(tmp_path)) == ["superd.yaml"]

@@ -99,6 +99,71 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
     assert unit not in result.stderr, result.stderr  # no warnings about our unit
 
 
+# -- RuntimeDirectory= / LogsDirectory= -------------------------------------------------
+
+def superctl_with_config(superd: Superd, env: dict[str, str], *args: str
+                         ) -> subprocess.CompletedProcess[str]:
+    """superctl finding the socket the way a user's does: from the config file."""
+    return subprocess.run([PY, "-m", "superd.cli", "-c", str(superd.config_path), *args],
+                          env=env, capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL)
+
+
+def use_systemd_directories(superd: Superd) -> tuple[Path, Path]:
+    runtime, logs = superd.folder / "runtime", superd.folder / "logs"
+    runtime.mkdir()  # systemd makes both before ExecStart
+    logs.mkdir()
+    # Several folders come colon-separated; superd takes the first.
+    superd.env["RUNTIME_DIRECTORY"] = f"{runtime}:{superd.folder / 'second'}"
+    superd.env["LOGS_DIRECTORY"] = str(logs)
+    return runtime, logs
+
+
+def test_default_paths_go_to_systemd_runtime_and_logs_directories(superd: Superd) -> None:
+    runtime, logs = use_systemd_directories(superd)
+    superd.socket, superd.pidfile = str(runtime / "superd.sock"), runtime / "superd.pid"
+    superd.start({"w": {"command": ["sh", "-c", "echo hello; exec sleep 600"],
+                        "startsecs": 0}})
+    superd.wait_state("w", "RUNNING")
+    assert Path(superd.socket).is_socket()
+    worker_log = logs / "w.out.log"
+    wait_for(lambda: worker_log.exists() and "hello" in worker_log.read_text(),
+             what="the worker's output in $LOGS_DIRECTORY")
+    wait_for(lambda: (logs / "superd.log").exists() and (logs / "superd.log").read_text(),
+             what="superd's own log in $LOGS_DIRECTORY")
+    assert not (superd.folder / "run").exists()
+    assert not (superd.folder / "log").exists()
+    assert not (superd.folder / "second").exists()
+    # superctl -c reads the same config in the same environment: same socket.
+    found = superctl_with_config(superd, superd.env, "status")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split("\n")[1].split()[:2] == ["w", "RUNNING"]
+    # Without the variable (a login shell) it looks beside the config, as the daemon would.
+    elsewhere = {key: value for key, value in superd.env.items()
+                 if key != "RUNTIME_DIRECTORY"}
+    lost = superctl_with_config(superd, elsewhere, "status")
+    assert lost.returncode == 4, lost.stdout + lost.stderr
+    assert str(superd.folder / "run" / "superd.sock") in lost.stderr
+
+
+def test_paths_in_the_config_win_over_systemd_directories(superd: Superd) -> None:
+    runtime, logs = use_systemd_directories(superd)
+    mine = superd.folder / "mine"
+    superd.socket, superd.pidfile = str(mine / "s.sock"), mine / "s.pid"
+    superd.start({"w": {"command": ["sh", "-c", "echo hello; exec sleep 600"],
+                        "startsecs": 0}},
+                 daemon={"socket": superd.socket, "pidfile": str(superd.pidfile),
+                         "log_dir": str(mine / "logs"), "log_file": str(mine / "own.log")})
+    superd.wait_state("w", "RUNNING")
+    worker_log = mine / "logs" / "w.out.log"
+    wait_for(lambda: worker_log.exists() and "hello" in worker_log.read_text(),
+             what="the worker's output in daemon.log_dir")
+    assert (mine / "own.log").exists()
+    assert os.listdir(runtime) == [] and os.listdir(logs) == []
+    found = superctl_with_config(superd, superd.env, "status", "w")
+    assert found.returncode == 0, found.stderr
+
+
 # -- superd -> systemd ------------------------------------------------------------
 
 def test_foreground_sends_ready_status_stopping_in_order(superd: Superd) -> None:

@@ -496,17 +496,27 @@ def _items(
 
 def _daemon(context: _Context, entries: dict[str, _Entry]) -> DaemonConfig:
     fields = _Fields(context, entries, "daemon")
+    run_dir = context.path(_systemd_directory("RUNTIME_DIRECTORY") or "run")
+    logs_dir = context.path(_systemd_directory("LOGS_DIRECTORY") or "log")
     return DaemonConfig(
-        socket=fields.value("socket", context.socket_path, context.path("run/superd.sock")),
+        socket=fields.value("socket", context.socket_path,
+                            os.path.join(run_dir, "superd.sock")),
         socket_mode=fields.value("socket_mode", _mode, 0o600),
         socket_group=fields.value("socket_group", _optional(_group_name), None),
-        pidfile=fields.value("pidfile", context.path, context.path("run/superd.pid")),
-        log_dir=fields.value("log_dir", context.path, context.path("log")),
-        log_file=fields.value("log_file", context.path, context.path("log/superd.log")),
+        pidfile=fields.value("pidfile", context.path, os.path.join(run_dir, "superd.pid")),
+        log_dir=fields.value("log_dir", context.path, logs_dir),
+        log_file=fields.value("log_file", context.path, os.path.join(logs_dir, "superd.log")),
         shutdown_timeout=fields.value("shutdown_timeout", parse_duration, 30.0),
         max_connections=fields.value("max_connections", _integer(minimum=1),
                                      DEFAULT_MAX_CONNECTIONS),
     )
+
+
+def _systemd_directory(variable: str) -> str:
+    """The folder systemd made for this service ($RUNTIME_DIRECTORY from RuntimeDirectory=,
+    $LOGS_DIRECTORY from LogsDirectory=), or "" outside systemd. Several folders come
+    colon-separated: the first is ours."""
+    return os.environ.get(variable, "").split(":")[0]
 
 
 def _sockets(context: _Context, entries: dict[str, _Entry]) -> dict[str, SocketConfig]:
