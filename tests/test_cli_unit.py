@@ -532,7 +532,8 @@ def test_every_command_is_in_the_argparse_grammar() -> None:
     subparsers = next(a for a in argparse_parser()._actions if a.dest == "command")
     assert subparsers.choices is not None
     assert set(subparsers.choices) == set(cli.COMMANDS)
-    assert set(cliargs.QUICK_GRAMMAR) == set(cli.COMMANDS) - {"logs"}
+    # logs takes options with values; completion a choice of shells.
+    assert set(cliargs.QUICK_GRAMMAR) == set(cli.COMMANDS) - {"logs", "completion"}
 
 
 # --- start-up cost ------------------------------------------------------------
@@ -542,7 +543,8 @@ def test_every_command_is_in_the_argparse_grammar() -> None:
 # signal build, json with the re and enum it imports, collections), the
 # config (yaml) only when it is asked for, curses only for `top`.
 LAZY_MODULES = ("argparse", "typing", "socket", "signal", "superd.exits", "yaml",
-                "superd.config", "json", "re", "enum", "collections", "curses")
+                "superd.config", "json", "re", "enum", "collections", "curses",
+                "superd.completion")
 # What output in JSON imports: json, and through it re, enum and collections.
 JSON_OUTPUT = ("json", "re", "enum", "collections")
 

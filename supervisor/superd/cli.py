@@ -36,6 +36,7 @@ EXIT_NOT_RUNNING = 3
 EXIT_UNREACHABLE = 4
 EXIT_INTERRUPTED = 130
 REEXEC_TIMEOUT = 60.0  # seconds for a new image to answer after `reexec` was accepted
+COMPLETION_TIMEOUT = 2.0  # seconds a shell's completion waits for the daemon's names
 
 
 class ConfigUnavailable(Exception):
@@ -384,6 +385,42 @@ def cmd_top(client: Client, args: Args) -> int:
     return EXIT_OK
 
 
+def cmd_completion(client: Client | None, args: Args) -> int:
+    """Print a bash or zsh completion script: commands, options, and the
+    running daemon's worker and instance names."""
+    if args.list_names:
+        return print_names_quietly(args)
+    from superd import completion  # and argparse: only this command needs them
+    from superd.cliargs import build_parser
+
+    print(completion.script(args.shell, build_parser(COMMANDS)), end="")
+    return EXIT_OK
+
+
+def print_names_quietly(args: Args) -> int:
+    """The completion script's NAMEs, one a line; nothing at all (exit 4) when
+    the daemon cannot answer within COMPLETION_TIMEOUT: a shell waits on it."""
+    import signal
+
+    from superd import completion
+
+    def give_up(signum: int, frame: object) -> None:
+        raise TimeoutError
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, COMPLETION_TIMEOUT)
+    try:
+        with Client(socket_path(args)) as client:
+            rows = as_rows(client.request("status", {"names": []}))
+    except Exception:  # noqa: BLE001 - unreachable, no config, too slow: no names
+        return EXIT_UNREACHABLE
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    for name in completion.names(rows):
+        print(name)
+    return EXIT_OK
+
+
 def run_action(
     client: Client, args: Args, cmd: str, wire_args: Row, verb: str
 ) -> int:
@@ -410,6 +447,7 @@ COMMANDS: dict[str, Handler] = {
     "events": cmd_events,
     "reexec": cmd_reexec,
     "top": cmd_top,
+    "completion": cmd_completion,
 }
 
 
@@ -456,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: Args) -> int:
+    if args.command == "completion":
+        return cmd_completion(None, args)  # the script needs no daemon; its NAMEs do
     try:
         path = socket_path(args)
     except ConfigUnavailable as exc:

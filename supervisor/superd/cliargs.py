@@ -61,6 +61,8 @@ class Args:
     follow: bool = False
     stderr: bool = False
     delay: float = 1.0
+    shell: str = ""
+    list_names: bool = False
 
     def __init__(self, **values: object) -> None:
         for key, value in values.items():
@@ -177,6 +179,10 @@ def build_parser(commands: Mapping[str, object]) -> argparse.ArgumentParser:
     command("top").add_argument(
         "-d", "--delay", type=positive_seconds, default=1.0, metavar="SECONDS",
         help="seconds between refreshes (default 1)")
+    sub = command("completion")
+    sub.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
+    # What the script runs at completion time for NAMEs: not for people.
+    sub.add_argument("--names", dest="list_names", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
