@@ -803,3 +803,32 @@ def test_durations_and_sizes_are_exact(number: Any, duration_unit: str, size_uni
     assert config.parse_duration(text + duration_unit) == float(Fraction(text) * seconds)
     size = {"": 1, "k": 1024, "MB": 1024**2, "GiB": 1024**3}[size_unit]
     assert config.parse_size(text + size_unit) == int(Fraction(text) * size)
+
+
+def test_groups_name_several_workers(tmp_path: Path) -> None:
+    loaded = load_text(tmp_path, """
+        workers:
+          web: {command: "sleep 1"}
+          api: {command: "sleep 1", numprocs: 2}
+        groups:
+          app: [web, api]
+          solo: web
+    """)
+    assert loaded.groups == {"app": ("web", "api"), "solo": ("web",)}
+
+
+def test_a_group_names_known_workers_and_takes_no_workers_name(tmp_path: Path) -> None:
+    found = keyed(tmp_path, """
+        workers:
+          web: {command: "sleep 1"}
+          api: {command: "sleep 1", numprocs: 2}
+        groups:
+          app: [web, nope]
+          web: [api]
+          "api:1": [web]
+          all: [web]
+          "bad name": [web]
+    """)
+    assert (6, "groups.app[1]") in found
+    assert (7, "groups.web") in found and (8, "groups.api:1") in found
+    assert (9, "groups.all") in found and (10, "groups.bad name") in found

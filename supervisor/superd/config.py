@@ -134,6 +134,7 @@ class Config:
     daemon: DaemonConfig
     sockets: dict[str, SocketConfig]
     workers: dict[str, WorkerConfig]
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> workers
     # The file's bytes as read: a re-exec hands them on and the new image
     # parses them, rather than reading a file that may have changed since.
     source: bytes = field(default=b"", compare=False, repr=False)
@@ -385,7 +386,8 @@ def _config(context: _Context, root: Node | None, source: bytes) -> Config:
     daemon = _daemon(context, _section(context, top, "daemon", DAEMON_KEYS))
     sockets = _sockets(context, _section(context, top, "sockets", None))
     workers = _workers(context, _section(context, top, "workers", None), set(sockets))
-    return Config(os.path.abspath(context.file), daemon, sockets, workers, source)
+    groups = _groups(context, _section(context, top, "groups", None), workers)
+    return Config(os.path.abspath(context.file), daemon, sockets, workers, groups, source)
 
 
 def _section(
@@ -507,6 +509,20 @@ def _daemon(context: _Context, entries: dict[str, _Entry]) -> DaemonConfig:
         max_connections=fields.value("max_connections", _integer(minimum=1),
                                      DEFAULT_MAX_CONNECTIONS),
     )
+
+
+def _groups(context: _Context, entries: dict[str, _Entry],
+            workers: dict[str, WorkerConfig]) -> dict[str, tuple[str, ...]]:
+    """Names for several workers at once; a group may not take a worker's name."""
+    taken = set(workers) | {"all"} | {n for w in workers.values() for n in w.instance_names()}
+    groups = {}
+    for name, entry in entries.items():
+        path = _join("groups", name)
+        _check_name(context, entry.key, path, "group")
+        if name in taken:
+            context.report(entry.key, path, f"{name!r} already names a worker or instance")
+        groups[name] = _names_in(set(workers), "worker")(context, entry.value, path)
+    return groups
 
 
 def _sockets(context: _Context, entries: dict[str, _Entry]) -> dict[str, SocketConfig]:

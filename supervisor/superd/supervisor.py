@@ -50,7 +50,7 @@ class Supervisor:
         self.running = running
         self.loop = loop
         self.bus = EventBus()
-        self.registry = Registry()
+        self.registry = Registry(lambda: running.config.groups)
         self.waiters = Waiters()
         self.orchestrator = Orchestrator(running, self.registry, self.waiters)
         self.sockets = Listeners()
