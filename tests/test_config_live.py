@@ -57,3 +57,29 @@ def test_variables_and_env_files_reach_each_instance(superd: Superd) -> None:
     assert not set(new) & set(pids)
     log = superd.folder / "log" / "app-1.txt"
     wait_for(lambda: "bye red" in log.read_text())
+
+
+def test_includes_are_read_again_at_reload_and_not_at_reexec(superd: Superd) -> None:
+    conf_d = superd.folder / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "a.yaml").write_text("workers:\n  a: {command: [sleep, '600'], startsecs: 0}\n")
+    superd.start({"main": sleeper()}, include=["conf.d/*.yaml"])
+    superd.wait_state("a", "RUNNING")
+    pid_a = superd.status("a")["pid"]
+    (conf_d / "b.yaml").write_text(
+        "workers:\n  b: {command: [sleep, '600'], startsecs: 0}\ngroups:\n  ab: [a, b]\n")
+    reload = superd.ctl("reload")
+    assert reload.returncode == 0 and "added: b" in reload.stdout, reload.stdout
+    superd.wait_state("b", "RUNNING")
+    assert superd.status("a")["pid"] == pid_a  # unchanged: not touched
+    assert [row["name"] for row in superd.status("ab")] == ["a", "b"]
+    # A re-exec carries the files as they were read: c is not read.
+    (conf_d / "c.yaml").write_text("workers:\n  c: {command: [sleep, '600']}\n")
+    assert superd.ctl("reexec").returncode == 0
+    assert [row["name"] for row in superd.status()] == ["main", "a", "b"]
+    # A name defined twice is refused at reload, naming both files.
+    (conf_d / "c.yaml").write_text("workers:\n  a: {command: [sleep, '1']}\n")
+    refused = superd.ctl("reload")
+    assert refused.returncode == 1
+    assert "c.yaml:2: workers.a: defined twice (first at" in refused.stderr
+    assert "a.yaml:2" in refused.stderr

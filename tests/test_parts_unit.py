@@ -74,7 +74,7 @@ def test_config_keys_come_from_the_dataclasses() -> None:
     assert set(config.SOCKET_KEYS) == names(config.SocketConfig) - {"name"}
     assert set(config.STDERR_KEYS) == names(config.LogConfig)
     assert set(config.STDOUT_KEYS) == names(config.LogConfig) - {"merge"}
-    assert set(config.TOP_KEYS) == names(config.Config) - {"path", "source"}
+    assert set(config.TOP_KEYS) == names(config.Config) - {"path", "sources"}
 
 
 def test_bus_delivers_in_order_and_unsubscribes() -> None:
