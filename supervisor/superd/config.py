@@ -22,6 +22,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .deps import find_cycles
+from .expand import names_in, parse_env_file
 from .names import instance_name
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
@@ -103,6 +104,12 @@ class WorkerConfig:
     depends_on: tuple[str, ...]
     stdout: LogConfig
     stderr: LogConfig
+    env_file: tuple[str, ...] = ()  # as written: "-PATH" may be missing
+    # Not keys: what the env files held when the config was read (so that a
+    # changed file makes the worker changed at a reload), and the folder its
+    # relative paths are resolved from once expanded.
+    env_file_vars: tuple[tuple[str, str], ...] = ()
+    base_dir: str = ""
 
     def instance_names(self) -> list[str]:
         return [instance_name(self.name, index, self.numprocs) for index in range(self.numprocs)]
@@ -134,9 +141,12 @@ class Config:
     daemon: DaemonConfig
     sockets: dict[str, SocketConfig]
     workers: dict[str, WorkerConfig]
-    # The file's bytes as read: a re-exec hands them on and the new image
-    # parses them, rather than reading a file that may have changed since.
-    source: bytes = field(default=b"", compare=False, repr=False)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> workers
+    include: tuple[str, ...] = ()  # the globs, as written
+    # Each file's bytes as read, the main one first, then the included ones:
+    # a re-exec hands them on and the new image parses them, rather than
+    # reading files that may have changed since.
+    sources: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
@@ -146,10 +156,11 @@ def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
 
 # The keys each section accepts come from the dataclasses, so a new field
 # cannot be forgotten here.  `name` and `path` are not written by users.
-TOP_KEYS = keys_of(Config, without=("path", "source"))
+TOP_KEYS = keys_of(Config, without=("path", "sources"))
+INCLUDED_KEYS = ("sockets", "workers", "groups")  # what an included file may hold
 DAEMON_KEYS = keys_of(DaemonConfig)
 SOCKET_KEYS = keys_of(SocketConfig, without=("name",))
-WORKER_KEYS = keys_of(WorkerConfig, without=("name",))
+WORKER_KEYS = keys_of(WorkerConfig, without=("name", "env_file_vars", "base_dir"))
 BACKOFF_KEYS = keys_of(BackoffConfig)
 STDERR_KEYS = keys_of(LogConfig)
 STDOUT_KEYS = keys_of(LogConfig, without=("merge",))
@@ -255,13 +266,13 @@ def parse_signal(value: object) -> int:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str, source: bytes | None = None) -> Config:
-    """Read and check the config file at path (or `source`, its bytes as read
-    before); raise ConfigError listing every problem."""
-    context = _Context(path, os.path.dirname(os.path.abspath(path)))
-    data = _read(context) if source is None else source
-    root = _compose(context, data)
-    config = _config(context, root, data)
+def load(path: str, sources: dict[str, bytes] | None = None) -> Config:
+    """Read and check the config file at path and the files it includes (or
+    `sources`, their bytes as read before, by absolute path); raise
+    ConfigError listing every problem."""
+    context = _Context(path, os.path.dirname(os.path.abspath(path)), sources)
+    root = _compose(context, context.read(os.path.abspath(path)))
+    config = _config(context, root)
     if context.issues:
         # A node shared through a YAML alias is checked once per use: report it once.
         unique = dict.fromkeys(context.issues)
@@ -281,12 +292,46 @@ class _Entry:
 class _Context:
     """What every check needs: where to report problems and what relative paths mean."""
 
-    def __init__(self, file: str, base_dir: str) -> None:
+    def __init__(self, file: str, base_dir: str,
+                 carried: dict[str, bytes] | None = None) -> None:
         self.file = file
         self.base_dir = base_dir
         self.issues: list[ConfigIssue] = []
         self._loader = yaml.SafeLoader("")
         self._merged_counts: dict[int, int] = {}
+        self.carried = carried  # the files' bytes handed over by a re-exec, if any
+        self.sources: dict[str, bytes] = {}  # every file read, in order
+
+    def included(self, file: str) -> _Context:
+        """The context of an included file: its own name and folder, the same issues."""
+        child = _Context(file, os.path.dirname(file), self.carried)
+        child.issues, child.sources = self.issues, self.sources
+        return child
+
+    def read(self, path: str) -> bytes:
+        """A config file's bytes (carried over a re-exec, else from disk)."""
+        if self.carried is not None and path in self.carried:
+            data = self.carried[path]
+        else:
+            try:
+                with open(path, "rb") as stream:
+                    data = stream.read()
+            except OSError as exc:
+                self.report(None, "-", f"cannot read: {exc.strerror or exc}")
+                raise ConfigError(self.issues) from None
+        self.sources[path] = data
+        return data
+
+    def glob(self, pattern: str) -> list[str]:
+        """The files a pattern names, sorted (after a re-exec: those carried over)."""
+        if self.carried is not None:
+            import fnmatch
+
+            return sorted(p for p in self.carried if fnmatch.fnmatch(p, pattern)
+                          and p != next(iter(self.carried)))
+        import glob
+
+        return sorted(glob.glob(pattern))
 
     def report(self, node: Node | None, key: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -357,14 +402,10 @@ class _Fields:
         entry = self.entries.get(key)
         self.context.report(entry.value if entry else None, _join(self.path, key), message)
 
-
-def _read(context: _Context) -> bytes:
-    try:
-        with open(context.file, "rb") as stream:
-            return stream.read()
-    except OSError as exc:
-        context.report(None, "-", f"cannot read: {exc.strerror or exc}")
-        raise ConfigError(context.issues) from None
+    def report_at(self, key: str, where: str, message: str) -> None:
+        """Report at key's line, naming `where` (a path below key)."""
+        entry = self.entries.get(key)
+        self.context.report(entry.value if entry else None, _join(self.path, where), message)
 
 
 def _compose(context: _Context, data: bytes) -> Node | None:
@@ -380,12 +421,66 @@ def _compose(context: _Context, data: bytes) -> Node | None:
     raise ConfigError([issue]) from None
 
 
-def _config(context: _Context, root: Node | None, source: bytes) -> Config:
+# A section's entries from every file: name -> (the file's context, the entry).
+Placed = dict[str, tuple["_Context", "_Entry"]]
+
+
+def _config(context: _Context, root: Node | None) -> Config:
     top = {} if root is None or _is_null(root) else _mapping(context, root, "", TOP_KEYS)
     daemon = _daemon(context, _section(context, top, "daemon", DAEMON_KEYS))
-    sockets = _sockets(context, _section(context, top, "sockets", None))
-    workers = _workers(context, _section(context, top, "workers", None), set(sockets))
-    return Config(os.path.abspath(context.file), daemon, sockets, workers, source)
+    no_patterns: tuple[tuple[str, str], ...] = ()
+    patterns = _fields(context, top).node("include", _include_patterns, no_patterns)
+    files = [(context, top), *_included(context, patterns)]
+    sockets = _sockets(_placed(files, "sockets"))
+    workers = _workers(_placed(files, "workers"), set(sockets))
+    groups = _groups(_placed(files, "groups"), workers)
+    return Config(os.path.abspath(context.file), daemon, sockets, workers, groups,
+                  tuple(pattern for pattern, _ in patterns), context.sources)
+
+
+def _fields(context: _Context, top: dict[str, _Entry]) -> _Fields:
+    return _Fields(context, top, "")
+
+
+def _include_patterns(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+    """(as written, absolute pattern) of each include glob."""
+    def pattern(value: object) -> tuple[str, str]:
+        return str(value), context.path(value)
+
+    found: tuple[tuple[str, str], ...] = _items(context, node, path, pattern)
+    return found
+
+
+def _included(context: _Context,
+              patterns: tuple[tuple[str, str], ...]) -> list[tuple[_Context, dict[str, _Entry]]]:
+    """Each included file's context and top-level entries, in glob order."""
+    files = []
+    seen = {os.path.abspath(context.file)}
+    for _, pattern in patterns:
+        for path in context.glob(pattern):
+            if path in seen:
+                continue
+            seen.add(path)
+            child = context.included(path)
+            root = _compose(child, child.read(path))
+            if root is not None and not _is_null(root):
+                files.append((child, _mapping(child, root, "", INCLUDED_KEYS)))
+    return files
+
+
+def _placed(files: list[tuple[_Context, dict[str, _Entry]]], key: str) -> Placed:
+    """One section's entries from every file; a name defined twice is an error
+    naming the first place."""
+    placed: Placed = {}
+    for context, top in files:
+        for name, entry in _section(context, top, key, None).items():
+            if name in placed:
+                first, earlier = placed[name]
+                context.report(entry.key, _join(key, name), f"defined twice (first at "
+                               f"{first.file}:{_line(earlier.key)})")
+                continue
+            placed[name] = (context, entry)
+    return placed
 
 
 def _section(
@@ -519,9 +614,22 @@ def _systemd_directory(variable: str) -> str:
     return os.environ.get(variable, "").split(":")[0]
 
 
-def _sockets(context: _Context, entries: dict[str, _Entry]) -> dict[str, SocketConfig]:
+def _groups(entries: Placed, workers: dict[str, WorkerConfig]) -> dict[str, tuple[str, ...]]:
+    """Names for several workers at once; a group may not take a worker's name."""
+    taken = set(workers) | {"all"} | {n for w in workers.values() for n in w.instance_names()}
+    groups = {}
+    for name, (context, entry) in entries.items():
+        path = _join("groups", name)
+        _check_name(context, entry.key, path, "group")
+        if name in taken:
+            context.report(entry.key, path, f"{name!r} already names a worker or instance")
+        groups[name] = _names_in(set(workers), "worker")(context, entry.value, path)
+    return groups
+
+
+def _sockets(entries: Placed) -> dict[str, SocketConfig]:
     sockets = {}
-    for name, entry in entries.items():
+    for name, (context, entry) in entries.items():
         path = _join("sockets", name)
         _check_name(context, entry.key, path, "socket")
         sockets[name] = _socket(context, name, entry.value, path)
@@ -555,15 +663,13 @@ def _tcp_address(value: str) -> str:
     return f"tcp://{host}:{port}"
 
 
-def _workers(
-    context: _Context, entries: dict[str, _Entry], socket_names: set[str]
-) -> dict[str, WorkerConfig]:
+def _workers(entries: Placed, socket_names: set[str]) -> dict[str, WorkerConfig]:
     workers = {}
-    for name, entry in entries.items():
+    for name, (context, entry) in entries.items():
         path = _join("workers", name)
         _check_name(context, entry.key, path, "worker")
         workers[name] = _worker(context, name, entry.value, path, socket_names, set(entries))
-    _report_cycles(context, workers, entries)
+    _report_cycles(workers, entries)
     return workers
 
 
@@ -576,11 +682,13 @@ def _worker(
     worker_names: set[str],
 ) -> WorkerConfig:
     fields = _Fields(context, _mapping(context, node, path, WORKER_KEYS, ("command",)), path)
-    return WorkerConfig(
+    no_files: tuple[tuple[str, str], ...] = ()
+    env_files = fields.node("env_file", _env_file_paths, no_files)
+    worker = WorkerConfig(
         name=name,
         command=fields.node("command", _command, ()),
         numprocs=fields.value("numprocs", _integer(minimum=1, maximum=MAX_NUMPROCS), 1),
-        directory=fields.value("directory", context.path, context.base_dir),
+        directory=fields.value("directory", _template_or(context.path), context.base_dir),
         environment=fields.node("environment", _environment, ()),
         user=fields.value("user", _optional(_user_name), None),
         umask=fields.value("umask", _mode, 0o022),
@@ -598,7 +706,72 @@ def _worker(
         depends_on=fields.node("depends_on", _names_in(worker_names, "worker"), ()),
         stdout=fields.node("stdout", _log(STDOUT_KEYS), DEFAULT_LOG),
         stderr=fields.node("stderr", _log(STDERR_KEYS), DEFAULT_LOG),
+        env_file=tuple(written for written, _ in env_files),
+        env_file_vars=_read_env_files(context, fields, env_files),
+        base_dir=context.base_dir,
     )
+    _check_references(context, fields, worker)
+    return worker
+
+
+def _template_or(convert: Callable[[object], str]) -> Callable[[object], str]:
+    """A value with a ${...} reference is kept as written (expanded per instance,
+    then converted, at spawn time); any other is converted now."""
+    def value(raw: object) -> str:
+        if isinstance(raw, str) and "$" in raw:
+            return raw
+        return convert(raw)
+
+    return value
+
+
+def _env_file_paths(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+    """(as written, resolved path) of each env file; "-PATH" may be missing."""
+    def one(value: object) -> tuple[str, str]:
+        if not isinstance(value, str) or not value.lstrip("-"):
+            raise ValueError(f"expected a path, got {_describe(value)}")
+        return value, context.path(value.removeprefix("-"))
+
+    return _items(context, node, path, one)
+
+
+def _read_env_files(context: _Context, fields: _Fields,
+                    env_files: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for written, resolved in env_files:
+        try:
+            with open(resolved, encoding="utf-8") as file:
+                pairs.extend(parse_env_file(file.read()))
+        except FileNotFoundError:
+            if not written.startswith("-"):
+                fields.report("env_file", f"{resolved}: no such file (write -{written} "
+                                          "if it may be missing)")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            fields.report("env_file", f"{resolved}: {getattr(exc, 'strerror', None) or exc}")
+    return tuple(pairs)
+
+
+def _check_references(context: _Context, fields: _Fields, worker: WorkerConfig) -> None:
+    """Every ${VAR} without a default must be defined, so no spawn can miss one."""
+    defined = {*os.environ, *(key for key, _ in worker.env_file_vars),
+               "SUPERD_NAME", "SUPERD_WORKER", "SUPERD_INSTANCE"}
+    for key, value in worker.environment:
+        _check_text(fields, f"environment.{key}", "environment", value, defined)
+        defined.add(key)
+    for index, argument in enumerate(worker.command):
+        _check_text(fields, f"command[{index}]", "command", argument, defined)
+    _check_text(fields, "directory", "directory", worker.directory, defined)
+    for stream, log in (("stdout", worker.stdout), ("stderr", worker.stderr)):
+        if isinstance(log.file, str):
+            _check_text(fields, f"{stream}.file", stream, log.file, defined)
+
+
+def _check_text(fields: _Fields, where: str, key: str, text: str, defined: set[str]) -> None:
+    for name, has_default in names_in(text):
+        if name not in defined and not has_default:
+            fields.report_at(key, where, f"undefined variable ${{{name}}}: set it in "
+                             f"environment, env_file or superd's environment, or give a "
+                             f"default, ${{{name}:-VALUE}}")
 
 
 def _command(context: _Context, node: Node, path: str) -> tuple[str, ...]:
@@ -708,17 +881,16 @@ def _log_file(context: _Context) -> Callable[[object], str | bool | None]:
             return value
         if value is True:
             raise ValueError("expected a path, null (the default file) or false (no file)")
-        return context.path(value)
+        return _template_or(context.path)(value)
 
     return log_file
 
 
-def _report_cycles(
-    context: _Context, workers: dict[str, WorkerConfig], entries: dict[str, _Entry]
-) -> None:
+def _report_cycles(workers: dict[str, WorkerConfig], entries: Placed) -> None:
     graph = {name: worker.depends_on for name, worker in workers.items()}
     for cycle in find_cycles(graph):
-        key_node = _key_node(entries[cycle[0]].value, "depends_on")
+        context, entry = entries[cycle[0]]
+        key_node = _key_node(entry.value, "depends_on")
         message = "dependency cycle: " + " -> ".join(cycle)
         context.report(key_node, _join(_join("workers", cycle[0]), "depends_on"), message)
 

@@ -278,7 +278,9 @@ class Daemon:
         assert self.control is not None and self.pidfile_fd is not None
         return {
             "superd": __version__,
-            "config": {"path": config.path, "source": encode_bytes(config.source)},
+            "config": {"path": config.path,
+                       "sources": {path: encode_bytes(data)
+                                   for path, data in config.sources.items()}},
             "daemon": {"started_at": self.started_at, "reexecs": self.reexecs,
                        "crashes": self.crashes.times, "shutting_down": self.shutting_down,
                        "keeper_pid": self.launched.keeper_pid,
@@ -384,7 +386,7 @@ def make_runtime_dirs(config: Config) -> None:
     supervisor_dirs = {daemon.log_dir}
     for worker in config.workers.values():
         for log_file in (worker.stdout.file, worker.stderr.file):
-            if isinstance(log_file, str):
+            if isinstance(log_file, str) and "$" not in log_file:  # per instance: at spawn
                 paths.append(log_file)
     for folder in supervisor_dirs | {os.path.dirname(p) for p in paths}:
         try:
