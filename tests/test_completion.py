@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -226,6 +227,46 @@ def test_zsh_lists_the_running_daemons_names(
     start_web_and_db(superd)
     up = zsh(env, listing, "-c", str(superd.config_path))
     assert (up.returncode, up.stdout, up.stderr) == (0, "5 all,web,web:0,web:1,db\n", "")
+
+
+# A real interactive zsh in a pseudo-terminal (zsh/zpty): type the line, press
+# Tab twice, read the screen until `until` shows up or the deadline passes.
+ZSH_TYPE_TAB = r"""
+zmodload zsh/zpty || exit 97
+zpty z 'zsh -f -i'
+zpty -w z 'PS1="> "; autoload -U compinit; compinit -u -d "$ZDOTDIR/.zcompdump"'
+zpty -w z 'source <(superctl completion zsh)'
+zpty -wn z "$1"$'\t\t'
+typeset -F SECONDS
+local out="" line deadline=$(( SECONDS + 15 ))
+while (( SECONDS < deadline )) && [[ $out != *"$2"* ]]; do
+    if zpty -r -t z line; then out+=$line; else sleep 0.05; fi
+done
+zpty -d z
+print -r -- "$out"
+"""
+
+
+def zsh_tab(env: dict[str, str], line: str, until: str) -> str:
+    done = subprocess.run(["zsh", "-f", "-c", ZSH_TYPE_TAB, "zsh", line, until], env=env,
+                          capture_output=True, text=True, timeout=DEADLINE * 2,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", done.stdout)
+
+
+@needs_zsh
+def test_zsh_completes_commands_options_and_names_at_a_tab(
+    superd: Superd, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(shell_env, ZDOTDIR=str(tmp_path), TERM="xterm")
+    screen = zsh_tab(env, "superctl sta", "status")
+    assert "start" in screen and "status" in screen
+    screen = zsh_tab(env, "superctl logs --", "--stderr")
+    assert "--follow" in screen and "--lines" in screen and "--stderr" in screen
+    start_web_and_db(superd)
+    screen = zsh_tab(env, f"superctl -s {superd.socket} stop we", "web:1")
+    assert "web:0" in screen and "web:1" in screen
 
 
 def test_superctl_status_does_not_import_completion() -> None:
