@@ -69,6 +69,7 @@ def test_config_keys_come_from_the_dataclasses() -> None:
         return {f.name for f in dataclasses.fields(cls)}
 
     assert set(config.WORKER_KEYS) == names(config.WorkerConfig) - {"name", "env_file_vars",
+                                                                    "completed_deps",
                                                                     "base_dir"}
     assert set(config.DAEMON_KEYS) == names(config.DaemonConfig)
     assert set(config.SOCKET_KEYS) == names(config.SocketConfig) - {"name"}
