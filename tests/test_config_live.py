@@ -57,6 +57,12 @@ def test_variables_and_env_files_reach_each_instance(superd: Superd) -> None:
     assert not set(new) & set(pids)
     log = superd.folder / "log" / "app-1.txt"
     wait_for(lambda: "bye red" in log.read_text())
+    # A re-exec is not a reload: the env file is not read again.
+    env_file.write_text("GREETING=later\nCOLOUR=green\n")
+    assert superd.ctl("reexec").returncode == 0
+    assert superd.ctl("restart", "app:1").returncode == 0
+    wait_for(lambda: log.read_text().count("bye red") == 2)
+    assert "later" not in log.read_text()
 
 
 def test_includes_are_read_again_at_reload_and_not_at_reexec(superd: Superd) -> None:

@@ -7,6 +7,7 @@ the plain Python objects that ``yaml.safe_load`` builds have lost them.
 
 from __future__ import annotations
 
+import errno
 import grp
 import math
 import os
@@ -146,9 +147,9 @@ class Config:
     workers: dict[str, WorkerConfig]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> workers
     include: tuple[str, ...] = ()  # the globs, as written
-    # Each file's bytes as read, the main one first, then the included ones:
-    # a re-exec hands them on and the new image parses them, rather than
-    # reading files that may have changed since.
+    # Every file's bytes as read, the main one first, then the included ones
+    # and the env files: a re-exec hands them on and the new image parses
+    # them, rather than reading files that may have changed since.
     sources: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -313,16 +314,23 @@ class _Context:
         return child
 
     def read(self, path: str) -> bytes:
-        """A config file's bytes (carried over a re-exec, else from disk)."""
-        if self.carried is not None and path in self.carried:
+        """A config file's bytes; ConfigError if it cannot be read."""
+        try:
+            return self.read_file(path)
+        except OSError as exc:
+            self.report(None, "-", f"cannot read: {exc.strerror or exc}")
+            raise ConfigError(self.issues) from None
+
+    def read_file(self, path: str) -> bytes:
+        """A file the config reads (itself, an include, an env file), carried
+        over a re-exec, else from disk; OSError if there is none."""
+        if self.carried is not None:
+            if path not in self.carried:
+                raise FileNotFoundError(errno.ENOENT, "not there when superd read its config")
             data = self.carried[path]
         else:
-            try:
-                with open(path, "rb") as stream:
-                    data = stream.read()
-            except OSError as exc:
-                self.report(None, "-", f"cannot read: {exc.strerror or exc}")
-                raise ConfigError(self.issues) from None
+            with open(path, "rb") as stream:
+                data = stream.read()
         self.sources[path] = data
         return data
 
@@ -332,7 +340,7 @@ class _Context:
             import fnmatch
 
             return sorted(p for p in self.carried if fnmatch.fnmatch(p, pattern)
-                          and p != next(iter(self.carried)))
+                          and p != next(iter(self.carried)) and p not in self.sources)
         import glob
 
         return sorted(glob.glob(pattern))
@@ -776,8 +784,7 @@ def _read_env_files(context: _Context, fields: _Fields,
     pairs: list[tuple[str, str]] = []
     for written, resolved in env_files:
         try:
-            with open(resolved, encoding="utf-8") as file:
-                pairs.extend(parse_env_file(file.read()))
+            pairs.extend(parse_env_file(context.read_file(resolved).decode()))
         except FileNotFoundError:
             if not written.startswith("-"):
                 fields.report("env_file", f"{resolved}: no such file (write -{written} "
