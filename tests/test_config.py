@@ -745,7 +745,7 @@ def test_reference_config_loads_cleanly() -> None:
     web = loaded.workers["web"]
     assert web.sockets == ("web",)
     assert web.user is None
-    assert web.command == ("python3", "-m", "http.server", "8000")
+    assert web.command == ("python3", "-m", "http.server", "${PORT:-8000}")  # per instance
     assert loaded.daemon.socket == str(REFERENCE_CONFIG.parent / "run" / "superd.sock")
 
 
@@ -803,3 +803,90 @@ def test_durations_and_sizes_are_exact(number: Any, duration_unit: str, size_uni
     assert config.parse_duration(text + duration_unit) == float(Fraction(text) * seconds)
     size = {"": 1, "k": 1024, "MB": 1024**2, "GiB": 1024**3}[size_unit]
     assert config.parse_size(text + size_unit) == int(Fraction(text) * size)
+
+
+def test_groups_name_several_workers(tmp_path: Path) -> None:
+    loaded = load_text(tmp_path, """
+        workers:
+          web: {command: "sleep 1"}
+          api: {command: "sleep 1", numprocs: 2}
+        groups:
+          app: [web, api]
+          solo: web
+    """)
+    assert loaded.groups == {"app": ("web", "api"), "solo": ("web",)}
+
+
+def test_a_group_names_known_workers_and_takes_no_workers_name(tmp_path: Path) -> None:
+    found = keyed(tmp_path, """
+        workers:
+          web: {command: "sleep 1"}
+          api: {command: "sleep 1", numprocs: 2}
+        groups:
+          app: [web, nope]
+          web: [api]
+          "api:1": [web]
+          all: [web]
+          "bad name": [web]
+    """)
+    assert (6, "groups.app[1]") in found
+    assert (7, "groups.web") in found and (8, "groups.api:1") in found
+    assert (9, "groups.all") in found and (10, "groups.bad name") in found
+
+
+def test_an_undefined_variable_is_an_error_at_its_line(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPERD_TEST_DEFINED", "x")
+    monkeypatch.delenv("SUPERD_TEST_NOPE", raising=False)
+    found = issues(tmp_path, """
+        workers:
+          web:
+            command: ["serve", "${SUPERD_TEST_DEFINED}", "${SUPERD_TEST_NOPE}"]
+            directory: "/srv/${SUPERD_TEST_NOPE:-default}"
+            environment:
+              A: "${B}"
+              B: "b"
+              C: "${B}${SUPERD_INSTANCE}$$"
+            stdout: {file: "log/${SUPERD_TEST_NOPE}.log"}
+    """)
+    assert [(line, key) for line, key, _ in found] == [
+        (4, "workers.web.command[2]"), (7, "workers.web.environment.A"),
+        (10, "workers.web.stdout.file")]
+    assert "undefined variable ${SUPERD_TEST_NOPE}" in found[0][2]
+
+
+def test_env_files_are_read_with_quotes_comments_and_export(tmp_path: Path) -> None:
+    (tmp_path / "one.env").write_text(
+        "# a comment\nexport A=1\nB = two words # trailing comment\n"
+        "C='single # not a comment'\nD=\"double\"\n\nE=\n")
+    (tmp_path / "two.env").write_text("A=2\n")
+    loaded = load_text(tmp_path, """
+        workers:
+          web:
+            command: "run ${A} ${E:-empty}"
+            env_file: [one.env, two.env, -missing.env]
+    """)
+    web = loaded.workers["web"]
+    assert web.env_file == ("one.env", "two.env", "-missing.env")
+    assert dict(web.env_file_vars) == {"A": "2", "B": "two words",
+                                       "C": "single # not a comment", "D": "double", "E": ""}
+
+
+def test_a_missing_or_bad_env_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.env").write_text("A=1\nthis is not a setting\n")
+    found = issues(tmp_path, """
+        workers:
+          web:
+            command: "run"
+            env_file: [missing.env, bad.env]
+    """)
+    assert [(line, key) for line, key, _ in found] == [(5, "workers.web.env_file")] * 2
+    assert "no such file (write -missing.env if it may be missing)" in found[0][2]
+    assert "line 2: expected KEY=VALUE" in found[1][2]
+
+
+def test_expansion_per_instance() -> None:
+    from superd.expand import expand
+
+    values = {"A": "a", "EMPTY": ""}
+    assert expand("${A}-${EMPTY:-d}-${NOPE:-x}-$$-$A-${A:-z}", values) == "a-d-x-$-$A-a"

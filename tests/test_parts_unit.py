@@ -68,7 +68,8 @@ def test_config_keys_come_from_the_dataclasses() -> None:
     def names(cls: type) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert set(config.WORKER_KEYS) == names(config.WorkerConfig) - {"name"}
+    assert set(config.WORKER_KEYS) == names(config.WorkerConfig) - {"name", "env_file_vars",
+                                                                    "base_dir"}
     assert set(config.DAEMON_KEYS) == names(config.DaemonConfig)
     assert set(config.SOCKET_KEYS) == names(config.SocketConfig) - {"name"}
     assert set(config.STDERR_KEYS) == names(config.LogConfig)

@@ -204,8 +204,8 @@ class Commands:
         """Each instance's file for the stream; a file several share, once."""
         named: dict[int, tuple[str, LogFile]] = {}
         for instance in instances:
-            worker = instance.config
-            log_file = self.logs.file_for(instance.name, worker.stdout, worker.stderr, stream)
+            stdout, stderr = self.launcher.log_settings(instance)
+            log_file = self.logs.file_for(instance.name, stdout, stderr, stream)
             named.setdefault(id(log_file), (instance.name, log_file))
         return list(named.values())
 

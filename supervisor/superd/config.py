@@ -22,6 +22,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .deps import find_cycles
+from .expand import names_in, parse_env_file
 from .names import instance_name
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
@@ -103,6 +104,12 @@ class WorkerConfig:
     depends_on: tuple[str, ...]
     stdout: LogConfig
     stderr: LogConfig
+    env_file: tuple[str, ...] = ()  # as written: "-PATH" may be missing
+    # Not keys: what the env files held when the config was read (so that a
+    # changed file makes the worker changed at a reload), and the folder its
+    # relative paths are resolved from once expanded.
+    env_file_vars: tuple[tuple[str, str], ...] = ()
+    base_dir: str = ""
 
     def instance_names(self) -> list[str]:
         return [instance_name(self.name, index, self.numprocs) for index in range(self.numprocs)]
@@ -134,6 +141,7 @@ class Config:
     daemon: DaemonConfig
     sockets: dict[str, SocketConfig]
     workers: dict[str, WorkerConfig]
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> workers
     # The file's bytes as read: a re-exec hands them on and the new image
     # parses them, rather than reading a file that may have changed since.
     source: bytes = field(default=b"", compare=False, repr=False)
@@ -149,7 +157,7 @@ def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
 TOP_KEYS = keys_of(Config, without=("path", "source"))
 DAEMON_KEYS = keys_of(DaemonConfig)
 SOCKET_KEYS = keys_of(SocketConfig, without=("name",))
-WORKER_KEYS = keys_of(WorkerConfig, without=("name",))
+WORKER_KEYS = keys_of(WorkerConfig, without=("name", "env_file_vars", "base_dir"))
 BACKOFF_KEYS = keys_of(BackoffConfig)
 STDERR_KEYS = keys_of(LogConfig)
 STDOUT_KEYS = keys_of(LogConfig, without=("merge",))
@@ -357,6 +365,11 @@ class _Fields:
         entry = self.entries.get(key)
         self.context.report(entry.value if entry else None, _join(self.path, key), message)
 
+    def report_at(self, key: str, where: str, message: str) -> None:
+        """Report at key's line, naming `where` (a path below key)."""
+        entry = self.entries.get(key)
+        self.context.report(entry.value if entry else None, _join(self.path, where), message)
+
 
 def _read(context: _Context) -> bytes:
     try:
@@ -385,7 +398,8 @@ def _config(context: _Context, root: Node | None, source: bytes) -> Config:
     daemon = _daemon(context, _section(context, top, "daemon", DAEMON_KEYS))
     sockets = _sockets(context, _section(context, top, "sockets", None))
     workers = _workers(context, _section(context, top, "workers", None), set(sockets))
-    return Config(os.path.abspath(context.file), daemon, sockets, workers, source)
+    groups = _groups(context, _section(context, top, "groups", None), workers)
+    return Config(os.path.abspath(context.file), daemon, sockets, workers, groups, source)
 
 
 def _section(
@@ -509,6 +523,20 @@ def _daemon(context: _Context, entries: dict[str, _Entry]) -> DaemonConfig:
     )
 
 
+def _groups(context: _Context, entries: dict[str, _Entry],
+            workers: dict[str, WorkerConfig]) -> dict[str, tuple[str, ...]]:
+    """Names for several workers at once; a group may not take a worker's name."""
+    taken = set(workers) | {"all"} | {n for w in workers.values() for n in w.instance_names()}
+    groups = {}
+    for name, entry in entries.items():
+        path = _join("groups", name)
+        _check_name(context, entry.key, path, "group")
+        if name in taken:
+            context.report(entry.key, path, f"{name!r} already names a worker or instance")
+        groups[name] = _names_in(set(workers), "worker")(context, entry.value, path)
+    return groups
+
+
 def _sockets(context: _Context, entries: dict[str, _Entry]) -> dict[str, SocketConfig]:
     sockets = {}
     for name, entry in entries.items():
@@ -566,11 +594,13 @@ def _worker(
     worker_names: set[str],
 ) -> WorkerConfig:
     fields = _Fields(context, _mapping(context, node, path, WORKER_KEYS, ("command",)), path)
-    return WorkerConfig(
+    no_files: tuple[tuple[str, str], ...] = ()
+    env_files = fields.node("env_file", _env_file_paths, no_files)
+    worker = WorkerConfig(
         name=name,
         command=fields.node("command", _command, ()),
         numprocs=fields.value("numprocs", _integer(minimum=1, maximum=MAX_NUMPROCS), 1),
-        directory=fields.value("directory", context.path, context.base_dir),
+        directory=fields.value("directory", _template_or(context.path), context.base_dir),
         environment=fields.node("environment", _environment, ()),
         user=fields.value("user", _optional(_user_name), None),
         umask=fields.value("umask", _mode, 0o022),
@@ -588,7 +618,72 @@ def _worker(
         depends_on=fields.node("depends_on", _names_in(worker_names, "worker"), ()),
         stdout=fields.node("stdout", _log(STDOUT_KEYS), DEFAULT_LOG),
         stderr=fields.node("stderr", _log(STDERR_KEYS), DEFAULT_LOG),
+        env_file=tuple(written for written, _ in env_files),
+        env_file_vars=_read_env_files(context, fields, env_files),
+        base_dir=context.base_dir,
     )
+    _check_references(context, fields, worker)
+    return worker
+
+
+def _template_or(convert: Callable[[object], str]) -> Callable[[object], str]:
+    """A value with a ${...} reference is kept as written (expanded per instance,
+    then converted, at spawn time); any other is converted now."""
+    def value(raw: object) -> str:
+        if isinstance(raw, str) and "$" in raw:
+            return raw
+        return convert(raw)
+
+    return value
+
+
+def _env_file_paths(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+    """(as written, resolved path) of each env file; "-PATH" may be missing."""
+    def one(value: object) -> tuple[str, str]:
+        if not isinstance(value, str) or not value.lstrip("-"):
+            raise ValueError(f"expected a path, got {_describe(value)}")
+        return value, context.path(value.removeprefix("-"))
+
+    return _items(context, node, path, one)
+
+
+def _read_env_files(context: _Context, fields: _Fields,
+                    env_files: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for written, resolved in env_files:
+        try:
+            with open(resolved, encoding="utf-8") as file:
+                pairs.extend(parse_env_file(file.read()))
+        except FileNotFoundError:
+            if not written.startswith("-"):
+                fields.report("env_file", f"{resolved}: no such file (write -{written} "
+                                          "if it may be missing)")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            fields.report("env_file", f"{resolved}: {getattr(exc, 'strerror', None) or exc}")
+    return tuple(pairs)
+
+
+def _check_references(context: _Context, fields: _Fields, worker: WorkerConfig) -> None:
+    """Every ${VAR} without a default must be defined, so no spawn can miss one."""
+    defined = {*os.environ, *(key for key, _ in worker.env_file_vars),
+               "SUPERD_NAME", "SUPERD_WORKER", "SUPERD_INSTANCE"}
+    for key, value in worker.environment:
+        _check_text(fields, f"environment.{key}", "environment", value, defined)
+        defined.add(key)
+    for index, argument in enumerate(worker.command):
+        _check_text(fields, f"command[{index}]", "command", argument, defined)
+    _check_text(fields, "directory", "directory", worker.directory, defined)
+    for stream, log in (("stdout", worker.stdout), ("stderr", worker.stderr)):
+        if isinstance(log.file, str):
+            _check_text(fields, f"{stream}.file", stream, log.file, defined)
+
+
+def _check_text(fields: _Fields, where: str, key: str, text: str, defined: set[str]) -> None:
+    for name, has_default in names_in(text):
+        if name not in defined and not has_default:
+            fields.report_at(key, where, f"undefined variable ${{{name}}}: set it in "
+                             f"environment, env_file or superd's environment, or give a "
+                             f"default, ${{{name}:-VALUE}}")
 
 
 def _command(context: _Context, node: Node, path: str) -> tuple[str, ...]:
@@ -698,7 +793,7 @@ def _log_file(context: _Context) -> Callable[[object], str | bool | None]:
             return value
         if value is True:
             raise ValueError("expected a path, null (the default file) or false (no file)")
-        return context.path(value)
+        return _template_or(context.path)(value)
 
     return log_file
 

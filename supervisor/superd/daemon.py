@@ -384,7 +384,7 @@ def make_runtime_dirs(config: Config) -> None:
     supervisor_dirs = {daemon.log_dir}
     for worker in config.workers.values():
         for log_file in (worker.stdout.file, worker.stderr.file):
-            if isinstance(log_file, str):
+            if isinstance(log_file, str) and "$" not in log_file:  # per instance: at spawn
                 paths.append(log_file)
     for folder in supervisor_dirs | {os.path.dirname(p) for p in paths}:
         try:

@@ -13,6 +13,8 @@ import pwd
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .config import LogConfig
+from .expand import expanded_command, expanded_directory, expanded_logs, instance_environment
 from .keeper import guard
 from .listen import Listeners
 from .logs import Logs
@@ -42,10 +44,11 @@ class Launcher:
 
     def launch(self, instance: Instance) -> int:
         """Fork and exec the instance's command; its pid (OSError if not)."""
-        worker = instance.config
+        env = self.environment(instance)
+        stdout, stderr = expanded_logs(instance.config, env)
         try:
-            with self.logs.child_stdio(instance.name, worker.stdout, worker.stderr) as stdio:
-                pid = spawn(self.spec(instance, *stdio), self.guard() != "pdeathsig")
+            with self.logs.child_stdio(instance.name, stdout, stderr) as stdio:
+                pid = spawn(self.spec(instance, env, *stdio), self.guard() != "pdeathsig")
         except OSError as exc:
             log.error("%s: cannot start: %s", instance.name, exc)
             raise
@@ -55,21 +58,29 @@ class Launcher:
         """What kills the workers if superd dies (keeper.guard)."""
         return guard(self.launched.keeper_pid)
 
-    def spec(self, instance: Instance, stdout: int, stderr: int) -> SpawnSpec:
+    def log_settings(self, instance: Instance) -> tuple[LogConfig, LogConfig]:
+        """The instance's stdout and stderr settings, its file paths expanded."""
         worker = instance.config
-        return SpawnSpec(argv=worker.command, env=self.environment(instance),
-                         directory=worker.directory, umask=worker.umask, user=worker.user,
+        if not any(isinstance(log.file, str) and "$" in log.file
+                   for log in (worker.stdout, worker.stderr)):
+            return worker.stdout, worker.stderr
+        return expanded_logs(worker, self.environment(instance))
+
+    def spec(self, instance: Instance, env: dict[str, str], stdout: int,
+             stderr: int) -> SpawnSpec:
+        worker = instance.config
+        return SpawnSpec(argv=expanded_command(worker, env), env=env,
+                         directory=expanded_directory(worker, env), umask=worker.umask,
+                         user=worker.user,
                          stdout_fd=stdout, stderr_fd=stderr,
                          listen_fds=self.sockets.fds(worker.sockets),
                          listen_names=worker.sockets, nofile=self.launched.nofile)
 
     def environment(self, instance: Instance) -> dict[str, str]:
-        env = dict(self.base_environment)
+        base = self.base_environment
         if instance.config.user is not None:
-            env.update(user_environment(instance.config.user))
-        env.update(instance.config.environment)
-        env["SUPERD_NAME"] = instance.name
-        env["SUPERD_INSTANCE"] = str(instance.index)
+            base = {**base, **user_environment(instance.config.user)}
+        env = instance_environment(instance.config, instance.name, instance.index, base)
         # superd's own NOTIFY_SOCKET (from systemd) is never a worker's.
         env.pop("NOTIFY_SOCKET", None)
         address = self.notify_address()

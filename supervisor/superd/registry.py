@@ -28,7 +28,8 @@ class UnknownName(Exception):
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, groups: Callable[[], dict[str, tuple[str, ...]]] = dict) -> None:
+        self._groups = groups  # the running config's groups, asked when a name is resolved
         self._by_name: dict[str, Instance] = {}
         self._by_pid: dict[int, Instance] = {}
         self._retiring: set[Instance] = set()  # removed by a reload, still stopping
@@ -99,7 +100,7 @@ class Registry:
 
     # -- names -------------------------------------------------------------
     def resolve(self, names: list[str]) -> list[Instance]:
-        """Expand `all`, worker names and instance names; keep order, no repeats."""
+        """Expand `all`, group, worker and instance names; keep order, no repeats."""
         if not names or names == ["all"]:
             return self.instances()  # what status asks, over and over
         found: dict[str, Instance] = {}
@@ -111,9 +112,10 @@ class Registry:
         return list(found.values())
 
     def match(self, name: str) -> list[Instance]:
-        """`all`, one instance by name, or every instance of a worker."""
+        """`all`, one instance by name, every instance of a worker, or of a group's workers."""
         if name == "all":
             return self.instances()
         if name in self._by_name:
             return [self._by_name[name]]
-        return [i for i in self._by_name.values() if i.config.name == name]
+        workers = self._groups().get(name, (name,))
+        return [i for i in self._by_name.values() if i.config.name in workers]

@@ -50,7 +50,7 @@ class Supervisor:
         self.running = running
         self.loop = loop
         self.bus = EventBus()
-        self.registry = Registry()
+        self.registry = Registry(lambda: running.config.groups)
         self.waiters = Waiters()
         self.orchestrator = Orchestrator(running, self.registry, self.waiters)
         self.sockets = Listeners()
@@ -144,8 +144,8 @@ class Supervisor:
                 for pipe in pipes:
                     os.close(pipe[0])  # the output of a worker a reload removed
                 continue
-            worker = instance.config
-            self.logs.adopt(name, worker.stdout, worker.stderr,
+            stdout, stderr = self.launcher.log_settings(instance)
+            self.logs.adopt(name, stdout, stderr,
                             [(int(fd), str(stream), decode_bytes(pending))
                              for fd, stream, pending in pipes])
         self.logs.queue_console_output({stream: decode_bytes(data)
