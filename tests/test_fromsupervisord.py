@@ -444,6 +444,17 @@ def test_odd_names_and_unknown_keys_are_commented(tmp_path: Path) -> None:
     assert "[unknown_section]" in comments
 
 
+def test_a_value_on_several_lines_stays_one_yaml_value(tmp_path: Path) -> None:
+    out = convert(tmp_path, {"supervisord.conf": (
+        "[program:long]\n"
+        "command=/bin/sleep\n"
+        "    1000\n"
+        "[include]\n"
+        "files=nothing/*.conf\n")})
+    assert out.workers["long"]["command"] == "/bin/sleep\n1000"
+    assert "[include] files: no file matches nothing/*.conf" in out.comments()
+
+
 # ---------------------------------------------------------------- bad files
 
 

@@ -115,6 +115,7 @@ class Source:
     parser: configparser.RawConfigParser
     section_files: dict[str, str]  # section -> the file that first defined it
     included: list[str]
+    unmatched: list[str]  # [include] patterns that matched no file
 
 
 def read(path: str, environ: Mapping[str, str]) -> Source:
@@ -124,6 +125,7 @@ def read(path: str, environ: Mapping[str, str]) -> Source:
     section_files: dict[str, str] = {}
     _read_file(parser, main_path, section_files)
     included: list[str] = []
+    unmatched: list[str] = []
     if parser.has_section("include"):
         if not parser.has_option("include", "files"):
             raise ConversionError(f"{path}: [include] has no files= setting")
@@ -131,10 +133,13 @@ def read(path: str, environ: Mapping[str, str]) -> Source:
         values = _Values({"here": here, "host_node_name": platform.node()}, environ)
         patterns = values.literal(parser.get("include", "files"), "[include] files").split()
         for pattern in patterns:
-            for filename in sorted(glob.glob(os.path.join(here, pattern))):
+            filenames = sorted(glob.glob(os.path.join(here, pattern)))
+            if not filenames:
+                unmatched.append(pattern)
+            for filename in filenames:
                 _read_file(parser, os.path.abspath(filename), section_files)
                 included.append(os.path.abspath(filename))
-    return Source(main_path, parser, section_files, included)
+    return Source(main_path, parser, section_files, included, unmatched)
 
 
 def _read_file(parser: configparser.RawConfigParser, path: str,
@@ -298,6 +303,8 @@ def translate(source: Source, environ: Mapping[str, str]) -> Result:
                           for name in source.included)
         result.header.append(f"[include] files={parser.get('include', 'files')}: "
                              f"merged into this file ({files})")
+    for pattern in source.unmatched:
+        result.header.append(f"[include] files: no file matches {pattern}")
     base = _Values({"here": os.path.dirname(source.path), "host_node_name": platform.node()},
                    environ)
     defaults = _supervisord(parser, base, result)
@@ -766,8 +773,10 @@ def _mapping(items: list[Item], depth: int) -> list[str]:
 
 def _scalar(value: object) -> str:
     """value in YAML flow style, on one line (quoted where YAML needs it)."""
+    # A configparser value may span lines: double quotes keep it on one.
+    style = '"' if isinstance(value, str) and not value.isprintable() else None
     text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000_000,
-                          allow_unicode=True)
+                          allow_unicode=True, default_style=style)
     return text.removesuffix("\n...\n").rstrip("\n")
 
 
