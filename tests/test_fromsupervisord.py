@@ -18,13 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from superd import config
 from support import Superd, wait_for
-
-# superd on main is gaining `groups:` and ${VAR} expansion; until it has them,
-# the tests that need them may fail.
-needs_groups = pytest.mark.xfail("groups" not in config.TOP_KEYS,
-                                 reason="needs groups/expansion on main", strict=False)
 
 # From supervisord's docs/configuration.rst, "[program:x] Section Example"
 # (github.com/Supervisor/supervisor), with user=chrism changed to nobody, a
@@ -260,7 +254,6 @@ def test_a_conf_d_include_layout_is_merged_into_one_file(tmp_path: Path) -> None
     assert "conf.d/web.conf, conf.d/worker.conf" in out.comments()
 
 
-@needs_groups
 def test_groups_become_groups(tmp_path: Path) -> None:
     out = convert(tmp_path, {"supervisord.conf": """\
         [group:app]
