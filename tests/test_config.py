@@ -890,3 +890,52 @@ def test_expansion_per_instance() -> None:
 
     values = {"A": "a", "EMPTY": ""}
     assert expand("${A}-${EMPTY:-d}-${NOPE:-x}-$$-$A-${A:-z}", values) == "a-d-x-$-$A-a"
+
+
+def test_included_files_add_workers_sockets_and_groups(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "b.yaml").write_text(
+        "workers:\n  b: {command: run, directory: here}\ngroups:\n  both: [a, b]\n")
+    (tmp_path / "conf.d" / "a.yaml").write_text(
+        "sockets:\n  s: {listen: 'tcp://127.0.0.1:8999'}\nworkers:\n  a: {command: run}\n")
+    (tmp_path / "conf.d" / "skip.txt").write_text("not: yaml: at all")
+    loaded = load_text(tmp_path, """
+        include: [conf.d/*.yaml]
+        workers:
+          main: {command: run}
+    """)
+    assert list(loaded.workers) == ["main", "a", "b"]  # the main file, then sorted includes
+    assert loaded.workers["b"].directory == str(tmp_path / "conf.d" / "here")
+    assert set(loaded.sockets) == {"s"} and loaded.groups == {"both": ("a", "b")}
+    assert list(loaded.sources) == [str(tmp_path / "superd.yaml"),
+                                    str(tmp_path / "conf.d" / "a.yaml"),
+                                    str(tmp_path / "conf.d" / "b.yaml")]
+
+
+def test_an_included_file_reports_its_own_name_and_lines(tmp_path: Path) -> None:
+    (tmp_path / "extra.yaml").write_text(
+        "workers:\n  main: {command: run}\n  bad: {commnd: run}\ndaemon: {}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, """
+            include: extra.yaml
+            workers:
+              main: {command: run}
+        """)
+    found = [(Path(i.file).name, i.line, i.key, i.message) for i in caught.value.issues]
+    extra = [entry for entry in found if entry[0] == "extra.yaml"]
+    assert ("extra.yaml", 2, "workers.main",
+            f"defined twice (first at {tmp_path / 'superd.yaml'}:4)") in extra
+    assert any(e[1:3] == (3, "workers.bad.commnd") for e in extra)
+    assert any(e[1:3] == (4, "daemon") for e in extra)
+
+
+def test_a_carried_config_is_not_read_again(tmp_path: Path) -> None:
+    main = write(tmp_path, "include: [more/*.yaml]\nworkers: {a: {command: run}}\n")
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "b.yaml").write_text("workers: {b: {command: run}}\n")
+    first = load(main)
+    (tmp_path / "more" / "b.yaml").write_text("workers: {changed: {command: run}}\n")
+    (tmp_path / "more" / "c.yaml").write_text("workers: {c: {command: run}}\n")
+    again = load(main, first.sources)  # as a re-exec loads it
+    assert list(again.workers) == ["a", "b"]
+    assert list(load(main).workers) == ["a", "changed", "c"]  # as a reload does

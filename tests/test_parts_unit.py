@@ -69,12 +69,13 @@ def test_config_keys_come_from_the_dataclasses() -> None:
         return {f.name for f in dataclasses.fields(cls)}
 
     assert set(config.WORKER_KEYS) == names(config.WorkerConfig) - {"name", "env_file_vars",
+                                                                    "completed_deps",
                                                                     "base_dir"}
     assert set(config.DAEMON_KEYS) == names(config.DaemonConfig)
     assert set(config.SOCKET_KEYS) == names(config.SocketConfig) - {"name"}
     assert set(config.STDERR_KEYS) == names(config.LogConfig)
     assert set(config.STDOUT_KEYS) == names(config.LogConfig) - {"merge"}
-    assert set(config.TOP_KEYS) == names(config.Config) - {"path", "source"}
+    assert set(config.TOP_KEYS) == names(config.Config) - {"path", "sources"}
 
 
 def test_bus_delivers_in_order_and_unsubscribes() -> None:

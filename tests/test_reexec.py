@@ -4,6 +4,7 @@ re-exec; a new image that cannot take over is refused before the exec."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -510,12 +511,16 @@ def test_the_state_goes_through_a_memfd_and_unknown_formats_are_refused() -> Non
 
 def test_can_resume_answers_for_each_format_and_checks_the_config(tmp_path: Path) -> None:
     config = tmp_path / "superd.yaml"
+
+    def files(text: str) -> bytes:
+        return json.dumps({str(config): text}).encode()
+
     taken = subprocess.run([PY, "-m", "superd", "--can-resume", str(FORMAT), str(config)],
-                           input=b"workers: {a: {command: sleep 1}}\n", capture_output=True,
-                           timeout=DEADLINE)
+                           input=files("workers: {a: {command: sleep 1}}\n"),
+                           capture_output=True, timeout=DEADLINE)
     assert taken.returncode == 0, taken.stdout
     bad = subprocess.run([PY, "-m", "superd", "--can-resume", str(FORMAT), str(config)],
-                         input=b"workers: {a: {commnd: sleep 1}}\n", capture_output=True,
+                         input=files("workers: {a: {commnd: sleep 1}}\n"), capture_output=True,
                          timeout=DEADLINE)
     assert bad.returncode == 1
     assert b"does not accept the running config" in bad.stdout

@@ -7,6 +7,7 @@ the plain Python objects that ``yaml.safe_load`` builds have lost them.
 
 from __future__ import annotations
 
+import errno
 import grp
 import math
 import os
@@ -110,6 +111,9 @@ class WorkerConfig:
     # relative paths are resolved from once expanded.
     env_file_vars: tuple[tuple[str, str], ...] = ()
     base_dir: str = ""
+    # Not a key: the depends_on items written {NAME: completed}, one-shots
+    # whose exit this worker waits for, instead of their running.
+    completed_deps: tuple[str, ...] = ()
 
     def instance_names(self) -> list[str]:
         return [instance_name(self.name, index, self.numprocs) for index in range(self.numprocs)]
@@ -142,9 +146,11 @@ class Config:
     sockets: dict[str, SocketConfig]
     workers: dict[str, WorkerConfig]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> workers
-    # The file's bytes as read: a re-exec hands them on and the new image
-    # parses them, rather than reading a file that may have changed since.
-    source: bytes = field(default=b"", compare=False, repr=False)
+    include: tuple[str, ...] = ()  # the globs, as written
+    # Every file's bytes as read, the main one first, then the included ones
+    # and the env files: a re-exec hands them on and the new image parses
+    # them, rather than reading files that may have changed since.
+    sources: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
@@ -154,10 +160,12 @@ def keys_of(cls: type, *, without: Collection[str] = ()) -> tuple[str, ...]:
 
 # The keys each section accepts come from the dataclasses, so a new field
 # cannot be forgotten here.  `name` and `path` are not written by users.
-TOP_KEYS = keys_of(Config, without=("path", "source"))
+TOP_KEYS = keys_of(Config, without=("path", "sources"))
+INCLUDED_KEYS = ("sockets", "workers", "groups")  # what an included file may hold
 DAEMON_KEYS = keys_of(DaemonConfig)
 SOCKET_KEYS = keys_of(SocketConfig, without=("name",))
-WORKER_KEYS = keys_of(WorkerConfig, without=("name", "env_file_vars", "base_dir"))
+WORKER_KEYS = keys_of(WorkerConfig,
+                      without=("name", "env_file_vars", "base_dir", "completed_deps"))
 BACKOFF_KEYS = keys_of(BackoffConfig)
 STDERR_KEYS = keys_of(LogConfig)
 STDOUT_KEYS = keys_of(LogConfig, without=("merge",))
@@ -263,13 +271,13 @@ def parse_signal(value: object) -> int:
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str, source: bytes | None = None) -> Config:
-    """Read and check the config file at path (or `source`, its bytes as read
-    before); raise ConfigError listing every problem."""
-    context = _Context(path, os.path.dirname(os.path.abspath(path)))
-    data = _read(context) if source is None else source
-    root = _compose(context, data)
-    config = _config(context, root, data)
+def load(path: str, sources: dict[str, bytes] | None = None) -> Config:
+    """Read and check the config file at path and the files it includes (or
+    `sources`, their bytes as read before, by absolute path); raise
+    ConfigError listing every problem."""
+    context = _Context(path, os.path.dirname(os.path.abspath(path)), sources)
+    root = _compose(context, context.read(os.path.abspath(path)))
+    config = _config(context, root)
     if context.issues:
         # A node shared through a YAML alias is checked once per use: report it once.
         unique = dict.fromkeys(context.issues)
@@ -289,12 +297,53 @@ class _Entry:
 class _Context:
     """What every check needs: where to report problems and what relative paths mean."""
 
-    def __init__(self, file: str, base_dir: str) -> None:
+    def __init__(self, file: str, base_dir: str,
+                 carried: dict[str, bytes] | None = None) -> None:
         self.file = file
         self.base_dir = base_dir
         self.issues: list[ConfigIssue] = []
         self._loader = yaml.SafeLoader("")
         self._merged_counts: dict[int, int] = {}
+        self.carried = carried  # the files' bytes handed over by a re-exec, if any
+        self.sources: dict[str, bytes] = {}  # every file read, in order
+
+    def included(self, file: str) -> _Context:
+        """The context of an included file: its own name and folder, the same issues."""
+        child = _Context(file, os.path.dirname(file), self.carried)
+        child.issues, child.sources = self.issues, self.sources
+        return child
+
+    def read(self, path: str) -> bytes:
+        """A config file's bytes; ConfigError if it cannot be read."""
+        try:
+            return self.read_file(path)
+        except OSError as exc:
+            self.report(None, "-", f"cannot read: {exc.strerror or exc}")
+            raise ConfigError(self.issues) from None
+
+    def read_file(self, path: str) -> bytes:
+        """A file the config reads (itself, an include, an env file), carried
+        over a re-exec, else from disk; OSError if there is none."""
+        if self.carried is not None:
+            if path not in self.carried:
+                raise FileNotFoundError(errno.ENOENT, "not there when superd read its config")
+            data = self.carried[path]
+        else:
+            with open(path, "rb") as stream:
+                data = stream.read()
+        self.sources[path] = data
+        return data
+
+    def glob(self, pattern: str) -> list[str]:
+        """The files a pattern names, sorted (after a re-exec: those carried over)."""
+        if self.carried is not None:
+            import fnmatch
+
+            return sorted(p for p in self.carried if fnmatch.fnmatch(p, pattern)
+                          and p != next(iter(self.carried)) and p not in self.sources)
+        import glob
+
+        return sorted(glob.glob(pattern))
 
     def report(self, node: Node | None, key: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -371,15 +420,6 @@ class _Fields:
         self.context.report(entry.value if entry else None, _join(self.path, where), message)
 
 
-def _read(context: _Context) -> bytes:
-    try:
-        with open(context.file, "rb") as stream:
-            return stream.read()
-    except OSError as exc:
-        context.report(None, "-", f"cannot read: {exc.strerror or exc}")
-        raise ConfigError(context.issues) from None
-
-
 def _compose(context: _Context, data: bytes) -> Node | None:
     try:
         return yaml.compose(data, Loader=yaml.SafeLoader)
@@ -393,13 +433,66 @@ def _compose(context: _Context, data: bytes) -> Node | None:
     raise ConfigError([issue]) from None
 
 
-def _config(context: _Context, root: Node | None, source: bytes) -> Config:
+# A section's entries from every file: name -> (the file's context, the entry).
+Placed = dict[str, tuple["_Context", "_Entry"]]
+
+
+def _config(context: _Context, root: Node | None) -> Config:
     top = {} if root is None or _is_null(root) else _mapping(context, root, "", TOP_KEYS)
     daemon = _daemon(context, _section(context, top, "daemon", DAEMON_KEYS))
-    sockets = _sockets(context, _section(context, top, "sockets", None))
-    workers = _workers(context, _section(context, top, "workers", None), set(sockets))
-    groups = _groups(context, _section(context, top, "groups", None), workers)
-    return Config(os.path.abspath(context.file), daemon, sockets, workers, groups, source)
+    no_patterns: tuple[tuple[str, str], ...] = ()
+    patterns = _fields(context, top).node("include", _include_patterns, no_patterns)
+    files = [(context, top), *_included(context, patterns)]
+    sockets = _sockets(_placed(files, "sockets"))
+    workers = _workers(_placed(files, "workers"), set(sockets))
+    groups = _groups(_placed(files, "groups"), workers)
+    return Config(os.path.abspath(context.file), daemon, sockets, workers, groups,
+                  tuple(pattern for pattern, _ in patterns), context.sources)
+
+
+def _fields(context: _Context, top: dict[str, _Entry]) -> _Fields:
+    return _Fields(context, top, "")
+
+
+def _include_patterns(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+    """(as written, absolute pattern) of each include glob."""
+    def pattern(value: object) -> tuple[str, str]:
+        return str(value), context.path(value)
+
+    found: tuple[tuple[str, str], ...] = _items(context, node, path, pattern)
+    return found
+
+
+def _included(context: _Context,
+              patterns: tuple[tuple[str, str], ...]) -> list[tuple[_Context, dict[str, _Entry]]]:
+    """Each included file's context and top-level entries, in glob order."""
+    files = []
+    seen = {os.path.abspath(context.file)}
+    for _, pattern in patterns:
+        for path in context.glob(pattern):
+            if path in seen:
+                continue
+            seen.add(path)
+            child = context.included(path)
+            root = _compose(child, child.read(path))
+            if root is not None and not _is_null(root):
+                files.append((child, _mapping(child, root, "", INCLUDED_KEYS)))
+    return files
+
+
+def _placed(files: list[tuple[_Context, dict[str, _Entry]]], key: str) -> Placed:
+    """One section's entries from every file; a name defined twice is an error
+    naming the first place."""
+    placed: Placed = {}
+    for context, top in files:
+        for name, entry in _section(context, top, key, None).items():
+            if name in placed:
+                first, earlier = placed[name]
+                context.report(entry.key, _join(key, name), f"defined twice (first at "
+                               f"{first.file}:{_line(earlier.key)})")
+                continue
+            placed[name] = (context, entry)
+    return placed
 
 
 def _section(
@@ -523,12 +616,11 @@ def _daemon(context: _Context, entries: dict[str, _Entry]) -> DaemonConfig:
     )
 
 
-def _groups(context: _Context, entries: dict[str, _Entry],
-            workers: dict[str, WorkerConfig]) -> dict[str, tuple[str, ...]]:
+def _groups(entries: Placed, workers: dict[str, WorkerConfig]) -> dict[str, tuple[str, ...]]:
     """Names for several workers at once; a group may not take a worker's name."""
     taken = set(workers) | {"all"} | {n for w in workers.values() for n in w.instance_names()}
     groups = {}
-    for name, entry in entries.items():
+    for name, (context, entry) in entries.items():
         path = _join("groups", name)
         _check_name(context, entry.key, path, "group")
         if name in taken:
@@ -537,9 +629,9 @@ def _groups(context: _Context, entries: dict[str, _Entry],
     return groups
 
 
-def _sockets(context: _Context, entries: dict[str, _Entry]) -> dict[str, SocketConfig]:
+def _sockets(entries: Placed) -> dict[str, SocketConfig]:
     sockets = {}
-    for name, entry in entries.items():
+    for name, (context, entry) in entries.items():
         path = _join("sockets", name)
         _check_name(context, entry.key, path, "socket")
         sockets[name] = _socket(context, name, entry.value, path)
@@ -573,16 +665,30 @@ def _tcp_address(value: str) -> str:
     return f"tcp://{host}:{port}"
 
 
-def _workers(
-    context: _Context, entries: dict[str, _Entry], socket_names: set[str]
-) -> dict[str, WorkerConfig]:
+def _workers(entries: Placed, socket_names: set[str]) -> dict[str, WorkerConfig]:
     workers = {}
-    for name, entry in entries.items():
+    for name, (context, entry) in entries.items():
         path = _join("workers", name)
         _check_name(context, entry.key, path, "worker")
         workers[name] = _worker(context, name, entry.value, path, socket_names, set(entries))
-    _report_cycles(context, workers, entries)
+    _report_cycles(workers, entries)
+    _report_long_running_one_shots(workers, entries)
     return workers
+
+
+def _report_long_running_one_shots(workers: dict[str, WorkerConfig], entries: Placed) -> None:
+    """A {NAME: completed} dependency must be a one-shot: one that is not restarted."""
+    for name, worker in workers.items():
+        for target in worker.completed_deps:
+            one_shot = workers[target]
+            if one_shot.autorestart != "never" or one_shot.startsecs > 0:
+                # With startsecs, a one-shot that is done early would count
+                # as a failed start, and be started again.
+                context, entry = entries[name]
+                context.report(_key_node(entry.value, "depends_on"),
+                               _join(_join("workers", name), "depends_on"),
+                               f"{target} is waited for as completed, so it must be a "
+                               "one-shot: give it autorestart: never and startsecs: 0")
 
 
 def _worker(
@@ -596,6 +702,7 @@ def _worker(
     fields = _Fields(context, _mapping(context, node, path, WORKER_KEYS, ("command",)), path)
     no_files: tuple[tuple[str, str], ...] = ()
     env_files = fields.node("env_file", _env_file_paths, no_files)
+    dependencies = fields.node("depends_on", _dependencies(worker_names), no_files)
     worker = WorkerConfig(
         name=name,
         command=fields.node("command", _command, ()),
@@ -615,15 +722,40 @@ def _worker(
         ready=fields.node("ready", _ready, DEFAULT_READY),
         start_timeout=fields.value("start_timeout", parse_duration, 90.0),
         sockets=fields.node("sockets", _names_in(socket_names, "socket"), ()),
-        depends_on=fields.node("depends_on", _names_in(worker_names, "worker"), ()),
+        depends_on=tuple(name for name, _ in dependencies),
         stdout=fields.node("stdout", _log(STDOUT_KEYS), DEFAULT_LOG),
         stderr=fields.node("stderr", _log(STDERR_KEYS), DEFAULT_LOG),
         env_file=tuple(written for written, _ in env_files),
         env_file_vars=_read_env_files(context, fields, env_files),
         base_dir=context.base_dir,
+        completed_deps=tuple(name for name, kind in dependencies if kind == "completed"),
     )
     _check_references(context, fields, worker)
     return worker
+
+
+def _dependencies(worker_names: set[str]) -> Callable[[_Context, Node, str],
+                                                      tuple[tuple[str, str], ...]]:
+    """depends_on items: NAME (to be RUNNING) or {NAME: completed} (to have exited well)."""
+    def dependency(value: object) -> tuple[str, str]:
+        if isinstance(value, dict) and len(value) == 1:
+            [(name, kind)] = value.items()
+            if kind != "completed":
+                raise ValueError(f"expected {{{name}: completed}}, got {kind!r}")
+        else:
+            name, kind = value, "running"
+        if not isinstance(name, str):
+            raise ValueError(f"expected a worker name or {{NAME: completed}}, "
+                             f"got {_describe(value)}")
+        if name not in worker_names:
+            raise ValueError(f"unknown worker {name!r}")
+        return name, kind
+
+    def dependencies(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+        items: tuple[tuple[str, str], ...] = _items(context, node, path, dependency)
+        return items
+
+    return dependencies
 
 
 def _template_or(convert: Callable[[object], str]) -> Callable[[object], str]:
@@ -652,8 +784,7 @@ def _read_env_files(context: _Context, fields: _Fields,
     pairs: list[tuple[str, str]] = []
     for written, resolved in env_files:
         try:
-            with open(resolved, encoding="utf-8") as file:
-                pairs.extend(parse_env_file(file.read()))
+            pairs.extend(parse_env_file(context.read_file(resolved).decode()))
         except FileNotFoundError:
             if not written.startswith("-"):
                 fields.report("env_file", f"{resolved}: no such file (write -{written} "
@@ -798,12 +929,11 @@ def _log_file(context: _Context) -> Callable[[object], str | bool | None]:
     return log_file
 
 
-def _report_cycles(
-    context: _Context, workers: dict[str, WorkerConfig], entries: dict[str, _Entry]
-) -> None:
+def _report_cycles(workers: dict[str, WorkerConfig], entries: Placed) -> None:
     graph = {name: worker.depends_on for name, worker in workers.items()}
     for cycle in find_cycles(graph):
-        key_node = _key_node(entries[cycle[0]].value, "depends_on")
+        context, entry = entries[cycle[0]]
+        key_node = _key_node(entry.value, "depends_on")
         message = "dependency cycle: " + " -> ".join(cycle)
         context.report(key_node, _join(_join("workers", cycle[0]), "depends_on"), message)
 

@@ -278,7 +278,9 @@ class Daemon:
         assert self.control is not None and self.pidfile_fd is not None
         return {
             "superd": __version__,
-            "config": {"path": config.path, "source": encode_bytes(config.source)},
+            "config": {"path": config.path,
+                       "sources": {path: encode_bytes(data)
+                                   for path, data in config.sources.items()}},
             "daemon": {"started_at": self.started_at, "reexecs": self.reexecs,
                        "crashes": self.crashes.times, "shutting_down": self.shutting_down,
                        "keeper_pid": self.launched.keeper_pid,

@@ -19,9 +19,10 @@ import sys
 import time
 from collections.abc import Callable
 
+from . import jsoncodec
 from .config import Config
 from .exits import describe_wait_status
-from .handover import bytes_in_memfd, check_argv, kept_fds, resume_argv, write_state
+from .handover import bytes_in_memfd, check_argv, encode_bytes, kept_fds, resume_argv, write_state
 from .loop import Loop, Timer
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
@@ -41,9 +42,11 @@ Watch = Callable[[int, Callable[[int], None]], None]
 
 
 def start_check(config: Config) -> tuple[int, int]:
-    """Spawn the check of the installed superd, with the running config's bytes
-    on its stdin; (pid, read end of its output)."""
-    config_fd = bytes_in_memfd(config.source, "superd-config")
+    """Spawn the check of the installed superd, with the running config's files
+    (a JSON object of path to bytes as latin-1 text) on its stdin; (pid, read
+    end of its output)."""
+    sources = {path: encode_bytes(data) for path, data in config.sources.items()}
+    config_fd = bytes_in_memfd(jsoncodec.dumps(sources).encode(), "superd-config")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         os.set_blocking(read_end, False)

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from . import __version__
+from . import __version__, jsoncodec
 from .config import ConfigError, load
 from .daemon import Daemon, serve, setup_logging
 from .handover import HandoverError, decode_bytes, read_state, refusal
@@ -33,7 +33,7 @@ def resume_daemon(state_fd: int) -> int:
                             os.environ, path=daemon_log or "stderr")
     saved = state["config"]
     try:
-        config = load(saved["path"], decode_bytes(saved["source"]))
+        config = load(saved["path"], carried_sources(saved["sources"]))
     except ConfigError as exc:
         log.error("the new image cannot read the running config:\n%s", exc)
         return 1  # the keeper or PR_SET_PDEATHSIG takes the workers down
@@ -59,16 +59,27 @@ def _resume_and_serve(daemon: Daemon, state: dict[str, Any]) -> int:
     return serve(daemon)
 
 
+def carried_sources(encoded: dict[str, str]) -> dict[str, bytes]:
+    """The config files' bytes as a state or a check carries them."""
+    return {path: decode_bytes(text) for path, text in encoded.items()}
+
+
 def can_resume(fmt: int, config_path: str | None) -> int:
     """`--can-resume FORMAT [CONFIG]`: whether this installed superd takes a
-    state of that format over, and the config whose bytes come on stdin."""
+    state of that format over, and the config whose files come on stdin (a
+    JSON object of absolute path to their bytes as latin-1 text)."""
     refused = refusal(fmt)
     if refused is not None:
         print(refused)
         return 1
     if config_path is not None:
         try:
-            load(config_path, sys.stdin.buffer.read())
+            sources = carried_sources(jsoncodec.loads(sys.stdin.read()))
+        except (ValueError, AttributeError, UnicodeError) as exc:
+            print(f"cannot read the config files given on stdin: {exc}")
+            return 1
+        try:
+            load(config_path, sources)
         except ConfigError as exc:
             print(f"this superd does not accept the running config: {exc.issues[0]}")
             return 1
