@@ -57,6 +57,12 @@ def test_variables_and_env_files_reach_each_instance(superd: Superd) -> None:
     assert not set(new) & set(pids)
     log = superd.folder / "log" / "app-1.txt"
     wait_for(lambda: "bye red" in log.read_text())
+    # A re-exec is not a reload: the env file is not read again.
+    env_file.write_text("GREETING=later\nCOLOUR=green\n")
+    assert superd.ctl("reexec").returncode == 0
+    assert superd.ctl("restart", "app:1").returncode == 0
+    wait_for(lambda: log.read_text().count("bye red") == 2)
+    assert "later" not in log.read_text()
 
 
 def test_includes_are_read_again_at_reload_and_not_at_reexec(superd: Superd) -> None:
@@ -83,3 +89,43 @@ def test_includes_are_read_again_at_reload_and_not_at_reexec(superd: Superd) -> 
     assert refused.returncode == 1
     assert "c.yaml:2: workers.a: defined twice (first at" in refused.stderr
     assert "a.yaml:2" in refused.stderr
+
+
+def one_shot(code: int, marker: str) -> dict[str, object]:
+    return {"command": ["sh", "-c", f"sleep 0.3; echo ran >> {marker}; exit {code}"],
+            "startsecs": 0, "autorestart": "never"}
+
+
+def test_a_worker_waits_for_a_one_shot_to_complete(superd: Superd) -> None:
+    marker = superd.folder / "migrations"
+    superd.start({"migrate": one_shot(0, str(marker)),
+                  "web": sleeper(depends_on=["db", {"migrate": "completed"}]),
+                  "db": sleeper()})
+    web = superd.wait_state("web", "RUNNING")
+    migrate = superd.status("migrate")
+    assert (migrate["state"], migrate["exit_status"]) == ("EXITED", 0)
+    assert marker.read_text() == "ran\n"
+    # Restarting web does not run a completed one-shot again.
+    assert superd.ctl("restart", "web").returncode == 0
+    assert superd.status("web")["pid"] != web["pid"]
+    assert marker.read_text() == "ran\n"
+
+
+def test_a_failed_one_shot_fails_the_start_of_its_dependent(superd: Superd) -> None:
+    marker = superd.folder / "migrations"
+    superd.start({"migrate": one_shot(3, str(marker)),
+                  "web": sleeper(depends_on=[{"migrate": "completed"}])})
+    wait_for(lambda: superd.status("migrate")["state"] == "EXITED")
+    started = superd.ctl("start", "web")
+    assert started.returncode == 1
+    assert superd.status("web")["state"] == "STOPPED"
+    log = (superd.folder / "log" / "superd.log").read_text()
+    assert "web: not started: dependency migrate did not complete (exit 3)" in log
+
+
+def test_a_completed_dependency_must_be_a_one_shot(superd: Superd) -> None:
+    superd.write_config({"migrate": sleeper(),
+                         "web": sleeper(depends_on=[{"migrate": "completed"}])})
+    checked = superd.run("--check", "-c", str(superd.config_path))
+    assert checked.returncode == 2
+    assert "workers.web.depends_on: migrate is waited for as completed" in checked.stderr

@@ -27,7 +27,7 @@ def worker(command: list[str], **keys: object) -> dict[str, object]:
 
 def trap_worker(marker: Path) -> dict[str, object]:
     """Sleeps; records any TERM/HUP/INT it receives in marker."""
-    script = f"trap 'echo $$ >> {marker}' TERM HUP INT; while :; do sleep 0.05; done"
+    script = f"trap 'echo $$$$ >> {marker}' TERM HUP INT; while :; do sleep 0.05; done"
     return worker(["sh", "-c", script], stopsignal="KILL")
 
 

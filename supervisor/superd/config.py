@@ -7,6 +7,7 @@ the plain Python objects that ``yaml.safe_load`` builds have lost them.
 
 from __future__ import annotations
 
+import errno
 import grp
 import math
 import os
@@ -110,6 +111,9 @@ class WorkerConfig:
     # relative paths are resolved from once expanded.
     env_file_vars: tuple[tuple[str, str], ...] = ()
     base_dir: str = ""
+    # Not a key: the depends_on items written {NAME: completed}, one-shots
+    # whose exit this worker waits for, instead of their running.
+    completed_deps: tuple[str, ...] = ()
 
     def instance_names(self) -> list[str]:
         return [instance_name(self.name, index, self.numprocs) for index in range(self.numprocs)]
@@ -143,9 +147,9 @@ class Config:
     workers: dict[str, WorkerConfig]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> workers
     include: tuple[str, ...] = ()  # the globs, as written
-    # Each file's bytes as read, the main one first, then the included ones:
-    # a re-exec hands them on and the new image parses them, rather than
-    # reading files that may have changed since.
+    # Every file's bytes as read, the main one first, then the included ones
+    # and the env files: a re-exec hands them on and the new image parses
+    # them, rather than reading files that may have changed since.
     sources: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -160,7 +164,8 @@ TOP_KEYS = keys_of(Config, without=("path", "sources"))
 INCLUDED_KEYS = ("sockets", "workers", "groups")  # what an included file may hold
 DAEMON_KEYS = keys_of(DaemonConfig)
 SOCKET_KEYS = keys_of(SocketConfig, without=("name",))
-WORKER_KEYS = keys_of(WorkerConfig, without=("name", "env_file_vars", "base_dir"))
+WORKER_KEYS = keys_of(WorkerConfig,
+                      without=("name", "env_file_vars", "base_dir", "completed_deps"))
 BACKOFF_KEYS = keys_of(BackoffConfig)
 STDERR_KEYS = keys_of(LogConfig)
 STDOUT_KEYS = keys_of(LogConfig, without=("merge",))
@@ -309,16 +314,23 @@ class _Context:
         return child
 
     def read(self, path: str) -> bytes:
-        """A config file's bytes (carried over a re-exec, else from disk)."""
-        if self.carried is not None and path in self.carried:
+        """A config file's bytes; ConfigError if it cannot be read."""
+        try:
+            return self.read_file(path)
+        except OSError as exc:
+            self.report(None, "-", f"cannot read: {exc.strerror or exc}")
+            raise ConfigError(self.issues) from None
+
+    def read_file(self, path: str) -> bytes:
+        """A file the config reads (itself, an include, an env file), carried
+        over a re-exec, else from disk; OSError if there is none."""
+        if self.carried is not None:
+            if path not in self.carried:
+                raise FileNotFoundError(errno.ENOENT, "not there when superd read its config")
             data = self.carried[path]
         else:
-            try:
-                with open(path, "rb") as stream:
-                    data = stream.read()
-            except OSError as exc:
-                self.report(None, "-", f"cannot read: {exc.strerror or exc}")
-                raise ConfigError(self.issues) from None
+            with open(path, "rb") as stream:
+                data = stream.read()
         self.sources[path] = data
         return data
 
@@ -328,7 +340,7 @@ class _Context:
             import fnmatch
 
             return sorted(p for p in self.carried if fnmatch.fnmatch(p, pattern)
-                          and p != next(iter(self.carried)))
+                          and p != next(iter(self.carried)) and p not in self.sources)
         import glob
 
         return sorted(glob.glob(pattern))
@@ -670,7 +682,23 @@ def _workers(entries: Placed, socket_names: set[str]) -> dict[str, WorkerConfig]
         _check_name(context, entry.key, path, "worker")
         workers[name] = _worker(context, name, entry.value, path, socket_names, set(entries))
     _report_cycles(workers, entries)
+    _report_long_running_one_shots(workers, entries)
     return workers
+
+
+def _report_long_running_one_shots(workers: dict[str, WorkerConfig], entries: Placed) -> None:
+    """A {NAME: completed} dependency must be a one-shot: one that is not restarted."""
+    for name, worker in workers.items():
+        for target in worker.completed_deps:
+            one_shot = workers[target]
+            if one_shot.autorestart != "never" or one_shot.startsecs > 0:
+                # With startsecs, a one-shot that is done early would count
+                # as a failed start, and be started again.
+                context, entry = entries[name]
+                context.report(_key_node(entry.value, "depends_on"),
+                               _join(_join("workers", name), "depends_on"),
+                               f"{target} is waited for as completed, so it must be a "
+                               "one-shot: give it autorestart: never and startsecs: 0")
 
 
 def _worker(
@@ -684,6 +712,7 @@ def _worker(
     fields = _Fields(context, _mapping(context, node, path, WORKER_KEYS, ("command",)), path)
     no_files: tuple[tuple[str, str], ...] = ()
     env_files = fields.node("env_file", _env_file_paths, no_files)
+    dependencies = fields.node("depends_on", _dependencies(worker_names), no_files)
     worker = WorkerConfig(
         name=name,
         command=fields.node("command", _command, ()),
@@ -703,15 +732,40 @@ def _worker(
         ready=fields.node("ready", _ready, DEFAULT_READY),
         start_timeout=fields.value("start_timeout", parse_duration, 90.0),
         sockets=fields.node("sockets", _names_in(socket_names, "socket"), ()),
-        depends_on=fields.node("depends_on", _names_in(worker_names, "worker"), ()),
+        depends_on=tuple(name for name, _ in dependencies),
         stdout=fields.node("stdout", _log(STDOUT_KEYS), DEFAULT_LOG),
         stderr=fields.node("stderr", _log(STDERR_KEYS), DEFAULT_LOG),
         env_file=tuple(written for written, _ in env_files),
         env_file_vars=_read_env_files(context, fields, env_files),
         base_dir=context.base_dir,
+        completed_deps=tuple(name for name, kind in dependencies if kind == "completed"),
     )
     _check_references(context, fields, worker)
     return worker
+
+
+def _dependencies(worker_names: set[str]) -> Callable[[_Context, Node, str],
+                                                      tuple[tuple[str, str], ...]]:
+    """depends_on items: NAME (to be RUNNING) or {NAME: completed} (to have exited well)."""
+    def dependency(value: object) -> tuple[str, str]:
+        if isinstance(value, dict) and len(value) == 1:
+            [(name, kind)] = value.items()
+            if kind != "completed":
+                raise ValueError(f"expected {{{name}: completed}}, got {kind!r}")
+        else:
+            name, kind = value, "running"
+        if not isinstance(name, str):
+            raise ValueError(f"expected a worker name or {{NAME: completed}}, "
+                             f"got {_describe(value)}")
+        if name not in worker_names:
+            raise ValueError(f"unknown worker {name!r}")
+        return name, kind
+
+    def dependencies(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+        items: tuple[tuple[str, str], ...] = _items(context, node, path, dependency)
+        return items
+
+    return dependencies
 
 
 def _template_or(convert: Callable[[object], str]) -> Callable[[object], str]:
@@ -740,8 +794,7 @@ def _read_env_files(context: _Context, fields: _Fields,
     pairs: list[tuple[str, str]] = []
     for written, resolved in env_files:
         try:
-            with open(resolved, encoding="utf-8") as file:
-                pairs.extend(parse_env_file(file.read()))
+            pairs.extend(parse_env_file(context.read_file(resolved).decode()))
         except FileNotFoundError:
             if not written.startswith("-"):
                 fields.report("env_file", f"{resolved}: no such file (write -{written} "

@@ -590,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             return resume.resume_daemon(args.resume)
         return resume.can_resume(args.can_resume or 0, args.config)
+    if args.from_supervisord is not None:
+        from . import fromsupervisord  # configparser and all: never in the daemon
+
+        return fromsupervisord.main(args.from_supervisord)
     path = find_path(args.config)
     try:
         config = load(path)

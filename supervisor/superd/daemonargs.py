@@ -17,6 +17,7 @@ class DaemonArgs:
     check: bool = False
     resume: int | None = None  # a re-exec's new image: the fd of the state
     can_resume: int | None = None  # the check before a re-exec: a state format
+    from_supervisord: str | None = None  # a supervisord config to print as superd YAML
 
 
 def parse_args(argv: list[str] | None) -> DaemonArgs:
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None) -> DaemonArgs:
 def _quick_parse(words: list[str]) -> DaemonArgs | None:
     if len(words) == 2 and words[0] == "--resume" and words[1].isdigit():
         return DaemonArgs(resume=int(words[1]))
+    if len(words) == 2 and words[0] == "--from-supervisord" and not words[1].startswith("-"):
+        return DaemonArgs(from_supervisord=words[1])
     if len(words) in (2, 3) and words[0] == "--can-resume" and words[1].isdigit():
         return DaemonArgs(config=words[2] if len(words) == 3 else None,
                           can_resume=int(words[1]))
@@ -57,6 +60,8 @@ def _argparse(words: list[str]) -> DaemonArgs:
     parser.add_argument("--foreground", action="store_true",
                         help="do not detach; log to stderr (for systemd and containers)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument("--from-supervisord", metavar="FILE",
+                        help="print the superd config equivalent to a supervisord config")
     parser.add_argument("--version", action="version", version=f"superd {__version__}")
     # Internal, for a re-exec (see handover.py): not for users.
     parser.add_argument("--resume", type=int, metavar="FD", help=argparse.SUPPRESS)
@@ -66,4 +71,5 @@ def _argparse(words: list[str]) -> DaemonArgs:
     if args.running_config is not None and args.can_resume is None:
         parser.error(f"unrecognized arguments: {args.running_config}")
     return DaemonArgs(args.running_config if args.can_resume is not None else args.config,
-                      args.foreground, args.check, args.resume, args.can_resume)
+                      args.foreground, args.check, args.resume, args.can_resume,
+                      args.from_supervisord)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from .deps import dependents, start_order
+from .exits import describe_exit
 from .registry import Registry
 from .running import RunningConfig
 from .states import ACTIVE, PROCESS_ALIVE, Event, State
@@ -23,6 +24,11 @@ log = logging.getLogger("superd")
 
 def stop_settled(instance: Instance) -> bool:
     return instance.state in (State.STOPPED, State.EXITED, State.FATAL)
+
+
+def completed(instance: Instance) -> bool:
+    """A one-shot that has exited with one of its exit codes."""
+    return instance.state is State.EXITED and instance.exit_status in instance.config.exitcodes
 
 
 class Orchestrator:
@@ -61,29 +67,49 @@ class Orchestrator:
         self.start_all([i for i in self.registry.instances() if i.config.autostart])
 
     def start(self, instance: Instance) -> None:
-        """START once every dependency is RUNNING, starting them first if needed."""
+        """START once every dependency is RUNNING (or, for {NAME: completed},
+        has exited well), starting them first if needed."""
         needed = [dep for name in instance.config.depends_on for dep in self.registry.match(name)]
+        one_shots = set(instance.config.completed_deps)
         for dependency in needed:
-            if dependency.state not in ACTIVE:
+            if dependency.state not in ACTIVE and not self._ran(dependency, one_shots):
                 self.start(dependency)
-        if all(dependency.state is State.RUNNING for dependency in needed):
+        if all(self._satisfies(dep, one_shots) for dep in needed):
             instance.handle(Event.START)
             return
         if instance in self._held:
             return
         self._held.add(instance)
         self.waiters.wake(instance)  # held: no longer settled for its own waiters
-        self.waiters.wait(needed, self.start_settled,
-                          lambda: self._dependencies_settled(instance, needed))
+        self.waiters.wait(needed, lambda dep: self._dependency_settled(dep, one_shots),
+                          lambda: self._dependencies_settled(instance, needed, one_shots))
 
-    def _dependencies_settled(self, instance: Instance, needed: list[Instance]) -> None:
+    @staticmethod
+    def _ran(dependency: Instance, one_shots: set[str]) -> bool:
+        """A one-shot that has run (well or not) is not started again for a dependent."""
+        return dependency.config.name in one_shots and dependency.state is not State.STOPPED
+
+    @staticmethod
+    def _satisfies(dependency: Instance, one_shots: set[str]) -> bool:
+        if dependency.config.name in one_shots:
+            return completed(dependency)
+        return dependency.state is State.RUNNING
+
+    def _dependency_settled(self, dependency: Instance, one_shots: set[str]) -> bool:
+        if dependency.config.name not in one_shots:
+            return self.start_settled(dependency)
+        return stop_settled(dependency) and not (dependency.start_pending
+                                                 or dependency in self._held)
+
+    def _dependencies_settled(self, instance: Instance, needed: list[Instance],
+                              one_shots: set[str]) -> None:
         if instance not in self._held:
             return  # stopped while it waited
         self._held.discard(instance)
-        failed = [dep.name for dep in needed if dep.state is not State.RUNNING]
+        failed = [dep for dep in needed if not self._satisfies(dep, one_shots)]
         if failed:
-            log.error("%s: not started: dependency %s is not running", instance.name,
-                      ", ".join(failed))
+            log.error("%s: not started: %s", instance.name,
+                      "; ".join(_unmet(dep, one_shots) for dep in failed))
             self.waiters.wake(instance)
             return
         instance.handle(Event.START)
@@ -138,3 +164,10 @@ class Orchestrator:
             instance = self.registry.get(name)
             if instance is not None and instance not in self._stops_held:
                 self.start(instance)
+
+
+def _unmet(dependency: Instance, one_shots: set[str]) -> str:
+    if dependency.config.name not in one_shots:
+        return f"dependency {dependency.name} is not running"
+    how = describe_exit(dependency.exit_status) or dependency.state.value
+    return f"dependency {dependency.name} did not complete ({how})"

@@ -193,7 +193,10 @@ class SuperdDaemon(Daemon):
         # startsecs 0: RUNNING at spawn. A RUNNING instance that dies is spawned
         # again at once (no backoff); the backoff, only for failed starts, is
         # set to none anyway.
-        return {"command": list(worker.argv), "numprocs": worker.numprocs,
+        # superd expands ${VAR} and reads $$ as "$": the argv as written is $-escaped,
+        # as supervisord's below is %-escaped.
+        return {"command": [word.replace("$", "$$") for word in worker.argv],
+                "numprocs": worker.numprocs,
                 "directory": str(self.folder), "autorestart": "always", "startsecs": 0,
                 "startretries": "forever", "backoff": {"initial": 0, "max": 0},
                 "stopsignal": "TERM", "stoptimeout": "10s",
