@@ -59,7 +59,8 @@ def bash_complete(env: dict[str, str], line: str, cwd: Path | None = None) -> li
 
 def start_web_and_db(superd: Superd) -> None:
     superd.start({"web": {"command": ["sleep", "600"], "numprocs": 2, "startsecs": 0},
-                  "db": {"command": ["sleep", "600"], "startsecs": 0}})
+                  "db": {"command": ["sleep", "600"], "startsecs": 0}},
+                 groups={"stack": ["web", "db"]})
 
 
 # -- the scripts -------------------------------------------------------------------
@@ -112,6 +113,7 @@ def test_names_are_all_then_workers_and_instances_each_once() -> None:
             {"name": "db", "worker": "db"}]
     assert completion.names(rows) == ["all", "web", "web:0", "web:1", "db"]
     assert completion.names([]) == ["all"]
+    assert completion.names(rows, ["app", 3]) == ["all", "app", "web", "web:0", "web:1", "db"]
 
 
 # -- bash ----------------------------------------------------------------------------
@@ -141,7 +143,8 @@ def test_bash_completes_the_running_daemons_names(
     start_web_and_db(superd)
     env, sock = shell_env, superd.socket
     assert bash_complete(env, f"superctl -s {sock} status ") == [
-        "all", "web", "web:0", "web:1", "db"]
+        "all", "stack", "web", "web:0", "web:1", "db"]
+    assert bash_complete(env, f"superctl -s {sock} restart st") == ["stack"]
     assert bash_complete(env, f"superctl -s {sock} stop w") == ["web", "web:0", "web:1"]
     # bash splits words at ":" and puts a reply in place of what follows it.
     assert bash_complete(env, f"superctl -s {sock} restart --no-wait web:") == ["0", "1"]
@@ -152,7 +155,7 @@ def test_bash_completes_the_running_daemons_names(
     assert bash_complete(dict(env, SUPERD_SOCKET=sock), "superctl stop d") == ["db"]
     listing = superctl(env, "-s", sock, "completion", "zsh", "--names")
     assert listing.returncode == 0, listing.stderr
-    assert listing.stdout.split() == ["all", "web", "web:0", "web:1", "db"]
+    assert listing.stdout.split() == ["all", "stack", "web", "web:0", "web:1", "db"]
 
 
 def test_bash_offers_no_names_and_prints_nothing_while_the_daemon_is_down(
@@ -226,7 +229,7 @@ def test_zsh_lists_the_running_daemons_names(
     assert (down.returncode, down.stdout, down.stderr) == (0, "0 \n", "")
     start_web_and_db(superd)
     up = zsh(env, listing, "-c", str(superd.config_path))
-    assert (up.returncode, up.stdout, up.stderr) == (0, "5 all,web,web:0,web:1,db\n", "")
+    assert (up.returncode, up.stdout, up.stderr) == (0, "6 all,stack,web,web:0,web:1,db\n", "")
 
 
 # A real interactive zsh in a pseudo-terminal (zsh/zpty): type the line, press

@@ -411,12 +411,13 @@ def print_names_quietly(args: Args) -> int:
     signal.setitimer(signal.ITIMER_REAL, COMPLETION_TIMEOUT)
     try:
         with Client(socket_path(args)) as client:
+            groups = as_object(client.request("ping", {})).get("groups", [])
             rows = as_rows(client.request("status", {"names": []}))
     except Exception:  # noqa: BLE001 - unreachable, no config, too slow: no names
         return EXIT_UNREACHABLE
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    for name in completion.names(rows):
+    for name in completion.names(rows, groups if isinstance(groups, list) else []):
         print(name)
     return EXIT_OK
 

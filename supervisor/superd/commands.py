@@ -110,10 +110,11 @@ class Commands:
     # -- commands ---------------------------------------------------------
     def cmd_ping(self, args: dict[str, Any], reply: Reply) -> None:
         """Daemon version, pid, uptime in seconds (since the first image: a
-        re-exec keeps it), re-execs, and what kills the workers if superd dies."""
+        re-exec keeps it), re-execs, what kills the workers if superd dies,
+        and the config's group names."""
         reply.ok({"version": __version__, "pid": os.getpid(),
                   "uptime": round(self.daemon.uptime(), 3), "reexecs": self.daemon.reexecs,
-                  "guard": self.launcher.guard()})
+                  "guard": self.launcher.guard(), "groups": self.registry.group_names()})
 
     def cmd_reexec(self, args: dict[str, Any], reply: Reply) -> None:
         """Check the installed superd, reply, then exec it in place (as SIGUSR2)."""

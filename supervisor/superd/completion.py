@@ -103,9 +103,11 @@ def one_line(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def names(rows: Iterable[dict[str, object]]) -> list[str]:
-    """`all`, then every worker and instance name in `status` rows, in order, each once."""
+def names(rows: Iterable[dict[str, object]], groups: Iterable[object] = ()) -> list[str]:
+    """`all`, the groups, then every worker and instance name in `status`
+    rows, in order, each once."""
     found: dict[str, None] = {ALL: None}
+    found.update((group, None) for group in groups if isinstance(group, str) and group)
     for row in rows:
         for key in ("worker", "name"):
             value = row.get(key)

@@ -56,6 +56,9 @@ class Registry:
         if instance.pid is not None:
             self._retiring.add(instance)
 
+    def group_names(self) -> list[str]:
+        return list(self._groups())
+
     # -- pids --------------------------------------------------------------
     def track(self, pid: int, instance: Instance) -> None:
         self._by_pid[pid] = instance
