@@ -105,8 +105,13 @@ class Console:
         return bytes(self.buffer)
 
     def close(self) -> None:
+        """Write what the fd takes now (the last lines before an exit), then close."""
         if self.loop.has_writer(self.out.fileno()):
             self.loop.remove_writer(self.out.fileno())
+        try:
+            self.out.write(self.buffer)
+        except OSError:
+            pass
         self.out.close()
 
 
