@@ -17,7 +17,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from .loop import Loop
+from .loop import Loop, Timer
 from .states import Event, State
 from .worker import Instance
 
@@ -25,6 +25,10 @@ log = logging.getLogger("superd")
 
 MAX_DATAGRAM = 4096
 MAX_FDS = 64
+BATCH = 64  # datagrams per wake-up, so a flood cannot starve the loop
+FLOOD_PAUSE = 0.01  # seconds the socket is left alone after a stranger wrote to it
+STRANGERS_REPORT_EVERY = 1.0  # seconds: dropped datagrams are summed up, not logged each
+STRANGER_PIDS_SHOWN = 5
 UCRED = struct.Struct("iII")  # pid, uid, gid
 TCP_RETRY = 0.05
 STATUS_TEXT_MAX = 200
@@ -79,6 +83,8 @@ class NotifyServer:
         self.address = address
         self.find = find
         self.sock = bound if bound is not None else self._bind(address)
+        self.strangers = Strangers(loop)
+        self._resume: Timer | None = None
         self.loop.add_reader(self.sock.fileno(), self._readable)
 
     @staticmethod
@@ -97,8 +103,17 @@ class NotifyServer:
         return sock
 
     def _readable(self) -> None:
+        dropped = self.strangers.count
+        self._drain()
+        if self.strangers.count > dropped:
+            # Strangers are writing: read again only after a pause, so that a
+            # flood costs a few percent of a core however fast it is sent.
+            self.loop.remove_reader(self.sock.fileno())
+            self._resume = self.loop.call_later(FLOOD_PAUSE, self._read_again)
+
+    def _drain(self) -> None:
         ancillary_size = socket.CMSG_SPACE(UCRED.size) + socket.CMSG_SPACE(4 * MAX_FDS)
-        for _ in range(64):  # bounded: a flood must not starve the loop
+        for _ in range(BATCH):
             try:
                 payload, ancillary, _, _ = self.sock.recvmsg(MAX_DATAGRAM, ancillary_size,
                                                              socket.MSG_CMSG_CLOEXEC)
@@ -110,10 +125,17 @@ class NotifyServer:
             pid = close_passed_fds(ancillary)
             self._handle(pid, payload)
 
+    def _read_again(self) -> None:
+        self._resume = None
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
     def _handle(self, pid: int | None, payload: bytes) -> None:
-        instance = self.find(pid) if pid else None
+        if pid is None or self.strangers.known(pid):
+            self.strangers.drop(pid)
+            return
+        instance = self.find(pid)
         if instance is None:
-            log.info("notify datagram from unknown pid %s ignored: %r", pid, payload[:80])
+            self.strangers.drop(pid)
             return
         fields = parse_notify(payload)
         if "STATUS" in fields:
@@ -122,10 +144,49 @@ class NotifyServer:
             instance.handle(Event.UP)
 
     def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        self.strangers.close()
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
         if not self.address.startswith("@"):
             _unlink(self.address)
+
+
+class Strangers:
+    """Datagrams from processes that are no worker nor in a worker's group:
+    dropped for the cost of a dict lookup once a sender is known, and summed
+    up in the log at most once a second."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self.count = 0  # dropped since the daemon started
+        self._pids: dict[int | None, int] = {}  # since the last report: sender -> datagrams
+        self._report: Timer | None = None
+
+    def known(self, pid: int) -> bool:
+        return pid in self._pids
+
+    def drop(self, pid: int | None) -> None:
+        self.count += 1
+        self._pids[pid] = self._pids.get(pid, 0) + 1
+        if self._report is None:
+            self._report = self.loop.call_later(STRANGERS_REPORT_EVERY, self._write_report)
+
+    def _write_report(self) -> None:
+        # The senders are forgotten with each report: a pid may be reused.
+        self._report = None
+        senders, self._pids = self._pids, {}
+        shown = ", ".join(str(pid) for pid in list(senders)[:STRANGER_PIDS_SHOWN])
+        more = len(senders) - STRANGER_PIDS_SHOWN
+        log.warning("notify socket: ignored %d datagrams from %d senders that are no "
+                    "worker (pids %s%s)", sum(senders.values()), len(senders), shown,
+                    f" and {more} more" if more > 0 else "")
+
+    def close(self) -> None:
+        if self._report is not None:
+            self._report.cancel()
+            self._write_report()
 
 
 class TcpProbe:
