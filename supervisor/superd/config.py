@@ -339,8 +339,8 @@ class _Context:
         if self.carried is not None:
             import fnmatch
 
-            return sorted(p for p in self.carried if fnmatch.fnmatch(p, pattern)
-                          and p != next(iter(self.carried)) and p not in self.sources)
+            # The files read already (the main one) are skipped by the caller.
+            return sorted(p for p in self.carried if fnmatch.fnmatch(p, pattern))
         import glob
 
         return sorted(glob.glob(pattern))
@@ -441,17 +441,13 @@ def _config(context: _Context, root: Node | None) -> Config:
     top = {} if root is None or _is_null(root) else _mapping(context, root, "", TOP_KEYS)
     daemon = _daemon(context, _section(context, top, "daemon", DAEMON_KEYS))
     no_patterns: tuple[tuple[str, str], ...] = ()
-    patterns = _fields(context, top).node("include", _include_patterns, no_patterns)
+    patterns = _Fields(context, top, "").node("include", _include_patterns, no_patterns)
     files = [(context, top), *_included(context, patterns)]
     sockets = _sockets(_placed(files, "sockets"))
     workers = _workers(_placed(files, "workers"), set(sockets))
     groups = _groups(_placed(files, "groups"), workers)
     return Config(os.path.abspath(context.file), daemon, sockets, workers, groups,
                   tuple(pattern for pattern, _ in patterns), context.sources)
-
-
-def _fields(context: _Context, top: dict[str, _Entry]) -> _Fields:
-    return _Fields(context, top, "")
 
 
 def _include_patterns(context: _Context, node: Node, path: str) -> tuple[tuple[str, str], ...]:

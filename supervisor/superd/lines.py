@@ -222,15 +222,16 @@ class LineShaper:
     def _emit(self, lines: bytes, whole: bool = True) -> None:
         """lines: whole lines (ending with a newline), or one part line."""
         stamp = STAMPS.at(time.time()) if self.timestamps else b""
-        if self.timestamps:
-            body = lines if whole else lines + b"\n"
-            self.target.write(stamp + body[:-1].replace(b"\n", b"\n" + stamp) + b"\n")
-        else:
-            self.target.write(lines)  # the bytes as they came: no newline of ours
+        ended = lines if whole else lines + b"\n"
+        # Stamped, every line gets its own; else the bytes as they came, no newline of ours.
+        self.target.write(_led(stamp, ended) if self.timestamps else lines)
         if self.console is not None:
-            body = lines if whole else lines + b"\n"
-            head = self.prefix + stamp
-            self.console.write(head + body[:-1].replace(b"\n", b"\n" + head) + b"\n")
+            self.console.write(_led(self.prefix + stamp, ended))
 
     def close(self) -> None:
         self.flush()
+
+
+def _led(head: bytes, lines: bytes) -> bytes:
+    """Each of lines (ending with a newline) after head."""
+    return head + lines[:-1].replace(b"\n", b"\n" + head) + b"\n"

@@ -210,17 +210,24 @@ class LogFile:
         except BlockingIOError:
             return None
         if data:
-            self.write(data)
+            self._deliver(data)  # take_from has found the file writable
         return len(data)
 
     def write(self, data: bytes) -> None:
-        """Write bytes already read (the read path, or whole lines)."""
+        """Write bytes read elsewhere (whole lines, from a LineShaper)."""
+        if self._writable():
+            self._deliver(data)
+        else:
+            self._tell_followers(data)
+            self._dropped(len(data))
+
+    def _deliver(self, data: bytes) -> None:
+        self._tell_followers(data)
+        self._write_out(data, new=True)
+
+    def _tell_followers(self, data: bytes) -> None:
         for follower in list(self._followers):
             follower(data)
-        if not self._writable():
-            self._dropped(len(data))
-            return
-        self._write_out(data, new=True)
 
     def _write_out(self, data: bytes, new: bool) -> None:
         """All of data to the file (new: just written by the worker, so marked)."""
@@ -447,8 +454,10 @@ class NoFile(LogFile):
         return moved
 
     def write(self, data: bytes) -> None:
-        for follower in list(self._followers):
-            follower(data)
+        self._tell_followers(data)
+
+    def _deliver(self, data: bytes) -> None:
+        self._tell_followers(data)
 
     def tail(self, lines: int) -> bytes:
         return b""

@@ -92,13 +92,14 @@ class ImageCheck:
     def __init__(self, loop: Loop, watch: Watch, config: Config, on_verdict: Verdict) -> None:
         self.on_verdict = on_verdict
         self.done = False
+        self.timer: Timer | None = None
         try:
             self.pid, self.read_end = start_check(config)
         except OSError as exc:
             self._finish(f"cannot run the installed superd: {exc.strerror or exc}")
             return
         watch(self.pid, self._exited)
-        self.timer: Timer | None = loop.call_later(CHECK_TIMEOUT, self._overdue)
+        self.timer = loop.call_later(CHECK_TIMEOUT, self._overdue)
 
     def _exited(self, wait_status: int) -> None:
         answer = read_answer(self.read_end)
