@@ -61,9 +61,11 @@ class Pane:
                               stdin=subprocess.DEVNULL, check=True)
         return done.stdout
 
-    def start(self, width: int = 80, height: int = 24, colour: bool = False) -> None:
-        top = [sys.executable, "-m", "superd.cli", "-s", self.superd.socket, "top",
-               "-d", TOP_DELAY]
+    def start(self, width: int = 80, height: int = 24, colour: bool = False,
+              command: list[str] | None = None) -> None:
+        """Run superctl top (or another superctl command) in the pane."""
+        top = [sys.executable, "-m", "superd.cli", "-s", self.superd.socket,
+               *(command or ["top", "-d", TOP_DELAY])]
         prefix = "env -u NO_COLOR " if colour else ""
         script = self.superd.folder / "top.sh"
         script.write_text(f"before=$(stty -g)\n{prefix}{shlex.join(top)}\n{AFTER}\n")
@@ -282,3 +284,15 @@ def test_top_needs_a_terminal_and_a_daemon(superd: Superd, tmp_path: Path) -> No
     bad = superd.ctl("top", "-d", "0")
     assert bad.returncode == 2 and "expected a positive number of seconds" in bad.stderr
     assert os.path.exists(superd.socket)  # none of these bothered the daemon
+
+
+def test_logs_of_several_instances_colour_their_prefixes_on_a_terminal(
+        superd: Superd, pane: Pane) -> None:
+    # superctl logs, not top: the same real terminal shows its coloured prefixes.
+    superd.start({"w": worker(["sh", "-c", "echo hello; exec sleep 600"], numprocs=2)})
+    wait_for(lambda: all(superd.log_file(f"w:{i}").read_text() == "hello\n" for i in (0, 1)))
+    pane.start(colour=True, command=["logs", "w", "-n", "2"])
+    pane.wait_ended()
+    screen = pane.lines(escapes=True)
+    # tmux writes the reset after a foreground colour as "default foreground".
+    assert sorted(screen[:2]) == ["\x1b[32mw:1\x1b[39m | hello", "\x1b[36mw:0\x1b[39m | hello"]
