@@ -344,7 +344,7 @@ def test_status_rows_follow_every_change_of_an_instance(tmp_path: Path) -> None:
     assert row() == {"name": "w", "worker": "w", "state": "STOPPED", "pid": None,
                      "uptime": None, "restarts": 0, "exit_status": None,
                      "cpu_percent": None, "rss_bytes": None, "description": "",
-                     "status_text": "", "log_dropped_bytes": 0}
+                     "status_text": "", "log_dropped_bytes": 0, "health": None}
     instance.handle(Event.START)
     assert (row()["state"], row()["pid"]) == ("RUNNING", instance.pid)
     instance.report_status('half "done" \u2014 ok\n')

@@ -72,6 +72,17 @@ class ReadyConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    kind: str  # "tcp" | "http" | "exec"
+    target: str  # tcp: the port; http: the URL (either may hold ${VAR}); exec: ""
+    argv: tuple[str, ...] = ()  # exec: the probe's command
+    interval: float = 10.0
+    timeout: float = 5.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
 class BackoffConfig:
     initial: float
     max: float
@@ -103,6 +114,9 @@ class WorkerConfig:
     start_timeout: float  # the longest wait for readiness (with ready:); 0: no limit
     sockets: tuple[str, ...]
     depends_on: tuple[str, ...]
+    healthcheck: HealthConfig | None
+    max_memory: int | None  # bytes of RSS of the process group
+    rolling: bool  # a reload restarts a changed worker's instances one at a time
     stdout: LogConfig
     stderr: LogConfig
     env_file: tuple[str, ...] = ()  # as written: "-PATH" may be missing
@@ -137,6 +151,7 @@ class DaemonConfig:
     log_file: str
     shutdown_timeout: float
     max_connections: int
+    metrics: str | None = None  # "tcp://HOST:PORT": serve GET /metrics there
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,8 @@ BACKOFF_KEYS = keys_of(BackoffConfig)
 STDERR_KEYS = keys_of(LogConfig)
 STDOUT_KEYS = keys_of(LogConfig, without=("merge",))
 READY_KEYS = ("tcp",)
+HEALTH_PROBES = ("tcp", "http", "exec")
+HEALTH_KEYS = (*HEALTH_PROBES, *keys_of(HealthConfig, without=("kind", "target", "argv")))
 
 
 @dataclass(frozen=True)
@@ -612,6 +629,7 @@ def _daemon(context: _Context, entries: dict[str, _Entry]) -> DaemonConfig:
         shutdown_timeout=fields.value("shutdown_timeout", parse_duration, 30.0),
         max_connections=fields.value("max_connections", _integer(minimum=1),
                                      DEFAULT_MAX_CONNECTIONS),
+        metrics=fields.value("metrics", _optional(_metrics_address), None),
     )
 
 
@@ -652,6 +670,12 @@ def _socket(context: _Context, name: str, node: Node, path: str) -> SocketConfig
         fields.report("mode", "mode applies only to unix:// sockets")
     backlog = fields.value("backlog", _integer(minimum=1), 128)
     return SocketConfig(name=name, listen=listen, backlog=backlog, mode=mode)
+
+
+def _metrics_address(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("tcp://"):
+        raise ValueError(f"expected tcp://HOST:PORT, got {_describe(value)}")
+    return _tcp_address(value)
 
 
 def _tcp_address(value: str) -> str:
@@ -729,6 +753,9 @@ def _worker(
         start_timeout=fields.value("start_timeout", parse_duration, 90.0),
         sockets=fields.node("sockets", _names_in(socket_names, "socket"), ()),
         depends_on=tuple(name for name, _ in dependencies),
+        healthcheck=fields.node("healthcheck", _healthcheck, None),
+        max_memory=fields.value("max_memory", _optional(_positive_size), None),
+        rolling=fields.value("rolling", _boolean, False),
         stdout=fields.node("stdout", _log(STDOUT_KEYS), DEFAULT_LOG),
         stderr=fields.node("stderr", _log(STDERR_KEYS), DEFAULT_LOG),
         env_file=tuple(written for written, _ in env_files),
@@ -813,6 +840,11 @@ def _check_references(context: _Context, fields: _Fields, worker: WorkerConfig) 
     for stream, log in (("stdout", worker.stdout), ("stderr", worker.stderr)):
         if isinstance(log.file, str):
             _check_text(fields, f"{stream}.file", stream, log.file, defined)
+    health = worker.healthcheck
+    if health is not None:
+        _check_text(fields, f"healthcheck.{health.kind}", "healthcheck", health.target, defined)
+        for index, argument in enumerate(health.argv):
+            _check_text(fields, f"healthcheck.exec[{index}]", "healthcheck", argument, defined)
 
 
 def _check_text(fields: _Fields, where: str, key: str, text: str, defined: set[str]) -> None:
@@ -887,6 +919,63 @@ def _ready(context: _Context, node: Node, path: str) -> ReadyConfig:
     fields = _Fields(context, _mapping(context, node, path, READY_KEYS, READY_KEYS), path)
     port = fields.value("tcp", _integer(minimum=1, maximum=65535, what="a TCP port"), None)
     return ReadyConfig("tcp", port)
+
+
+def _healthcheck(context: _Context, node: Node, path: str) -> HealthConfig | None:
+    if _is_null(node):
+        return None
+    entries = _mapping(context, node, path, HEALTH_KEYS)
+    fields = _Fields(context, entries, path)
+    probes = [key for key in HEALTH_PROBES if key in entries]
+    if len(probes) != 1:
+        context.report(node, path, "name one probe: tcp: PORT, http: URL or exec: [ARGV]"
+                       if not probes else f"name one probe, not {' and '.join(probes)}")
+        return None
+    kind = probes[0]
+    target = ""
+    argv: tuple[str, ...] = ()
+    if kind == "tcp":
+        target = fields.value("tcp", _template_or(_port_text), "")
+    elif kind == "http":
+        target = fields.value("http", _template_or(_http_url), "")
+    else:
+        argv = fields.node("exec", _command, ())
+    return HealthConfig(
+        kind=kind, target=target, argv=argv,
+        interval=fields.value("interval", _positive_duration, 10.0),
+        timeout=fields.value("timeout", _positive_duration, 5.0),
+        retries=fields.value("retries", _integer(minimum=1), 3),
+        start_period=fields.value("start_period", parse_duration, 0.0),
+    )
+
+
+def _port_text(value: object) -> str:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return str(_integer(minimum=1, maximum=65535, what="a TCP port")(value))
+
+
+def _http_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an http:// URL, got {_describe(value)}")
+    from .httpprobe import split_url  # the probe's own rules for what it can fetch
+
+    split_url(value)
+    return value
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0, got {_describe(value)}")
+    return seconds
+
+
+def _positive_size(value: object) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"must be more than 0, got {_describe(value)}")
+    return size
 
 
 def _ready_kind(value: object) -> ReadyConfig:

@@ -3,7 +3,9 @@ control connections that subscribe to them.
 
 Every event is a JSON object with an "event" kind and a "time" (epoch
 seconds).  Kinds: "state" (every transition of an instance), "reload",
-"log_error" and "reexec" (the last event of an image: connections close).
+"log_error", "health" (an instance's healthcheck verdict changed), "memory"
+(an instance stayed above max_memory and is restarted) and "reexec" (the
+last event of an image: connections close).
 A subscribing connection gets each event encoded once and queued; one that
 still has SUBSCRIBER_LIMIT bytes of earlier events unread is disconnected
 instead of being waited for, so a client that does not read never slows the
@@ -51,6 +53,19 @@ def log_error_event(name: str | None, path: str, message: str) -> Event:
     """A worker's (name) or the daemon's (None) log file could not be written."""
     return {"event": "log_error", "name": name, "path": path, "message": message,
             "time": time.time()}
+
+
+def health_event(name: str, old: str | None, new: str, pid: int | None,
+                 message: str) -> Event:
+    """An instance's health went from old to new; message: the last probe's result."""
+    return {"event": "health", "name": name, "from": old, "to": new, "pid": pid,
+            "message": message, "time": time.time()}
+
+
+def memory_event(name: str, pid: int | None, rss_bytes: int, limit_bytes: int) -> Event:
+    """An instance's process group stayed above max_memory: it is restarted."""
+    return {"event": "memory", "name": name, "pid": pid, "rss_bytes": rss_bytes,
+            "max_memory": limit_bytes, "time": time.time()}
 
 
 class EventBus:

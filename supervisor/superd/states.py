@@ -31,6 +31,8 @@ class Event(str, Enum):
     # superd could not spawn for lack of its own resources (fds, processes,
     # memory): not the worker's failure, so it is not counted as one.
     NO_RESOURCES = "no_resources"
+    # A failing healthcheck or memory over max_memory: stop, then start again.
+    RESTART = "restart"
 
 
 # (state, event) -> handler name on Instance.  Every pair is present: a pair
@@ -44,6 +46,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.STOPPED, Event.RETRY): "ignore",
     (State.STOPPED, Event.KILL): "ignore",
     (State.STOPPED, Event.TIMEOUT): "ignore",
+    (State.STOPPED, Event.RESTART): "ignore",
     (State.STOPPED, Event.NO_RESOURCES): "wait_for_resources",
     (State.STARTING, Event.START): "ignore",
     (State.STARTING, Event.STOP): "begin_stop",
@@ -52,6 +55,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.STARTING, Event.RETRY): "ignore",
     (State.STARTING, Event.KILL): "ignore",
     (State.STARTING, Event.TIMEOUT): "start_timed_out",
+    (State.STARTING, Event.RESTART): "ignore",
     (State.STARTING, Event.NO_RESOURCES): "ignore",
     (State.RUNNING, Event.START): "ignore",
     (State.RUNNING, Event.STOP): "begin_stop",
@@ -60,6 +64,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.RUNNING, Event.RETRY): "ignore",
     (State.RUNNING, Event.KILL): "ignore",
     (State.RUNNING, Event.TIMEOUT): "ignore",
+    (State.RUNNING, Event.RESTART): "restart",
     (State.RUNNING, Event.NO_RESOURCES): "ignore",
     (State.BACKOFF, Event.START): "ignore",
     (State.BACKOFF, Event.STOP): "cancel_retry",
@@ -68,6 +73,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.BACKOFF, Event.RETRY): "respawn",
     (State.BACKOFF, Event.KILL): "ignore",
     (State.BACKOFF, Event.TIMEOUT): "ignore",
+    (State.BACKOFF, Event.RESTART): "ignore",
     (State.BACKOFF, Event.NO_RESOURCES): "wait_for_resources",
     (State.STOPPING, Event.START): "start_after_stop",
     (State.STOPPING, Event.STOP): "ignore",
@@ -76,6 +82,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.STOPPING, Event.RETRY): "ignore",
     (State.STOPPING, Event.KILL): "kill_group",
     (State.STOPPING, Event.TIMEOUT): "ignore",
+    (State.STOPPING, Event.RESTART): "ignore",
     (State.STOPPING, Event.NO_RESOURCES): "ignore",
     (State.EXITED, Event.START): "spawn",
     (State.EXITED, Event.STOP): "forget_exit",
@@ -84,6 +91,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.EXITED, Event.RETRY): "ignore",
     (State.EXITED, Event.KILL): "ignore",
     (State.EXITED, Event.TIMEOUT): "ignore",
+    (State.EXITED, Event.RESTART): "ignore",
     (State.EXITED, Event.NO_RESOURCES): "wait_for_resources",
     (State.FATAL, Event.START): "spawn",
     (State.FATAL, Event.STOP): "forget_exit",
@@ -92,6 +100,7 @@ TRANSITIONS: dict[tuple[State, Event], str] = {
     (State.FATAL, Event.RETRY): "ignore",
     (State.FATAL, Event.KILL): "ignore",
     (State.FATAL, Event.TIMEOUT): "ignore",
+    (State.FATAL, Event.RESTART): "ignore",
     (State.FATAL, Event.NO_RESOURCES): "wait_for_resources",
 }
 

@@ -53,6 +53,7 @@ def fixed_fields(instance: Instance) -> Row:
         "exit_status": instance.exit_status,
         "description": description(instance),
         "status_text": instance.status_text,
+        "health": instance.health,
     }
 
 
@@ -107,7 +108,7 @@ class StatusReport:
         for instance in instances:
             name, pid = instance.name, instance.pid
             key = (instance.state, pid, instance.restarts, instance.exit_status,
-                   instance.shortage, instance.status_text, instance.config)
+                   instance.shortage, instance.status_text, instance.health, instance.config)
             parts = kept.get(name)
             if parts is None or parts.instance is not instance or parts.key != key:
                 parts = kept[name] = RowParts(instance, key)

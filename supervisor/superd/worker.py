@@ -63,7 +63,7 @@ class Instance:
     # A thousand instances: slots keep each one small.
     __slots__ = ("config", "index", "name", "runtime", "state", "pid", "started_at",
                  "exit_status", "restarts", "failures", "shortage", "shortages",
-                 "start_after_stop", "_timer", "_timer_due", "status_text")
+                 "start_after_stop", "_timer", "_timer_due", "status_text", "health")
 
     def __init__(self, config: WorkerConfig, index: int, runtime: Runtime) -> None:
         self.config = config
@@ -82,6 +82,7 @@ class Instance:
         self._timer: TimerHandle | None = None
         self._timer_due: tuple[Event, float] | None = None  # what the timer fires, and when
         self.status_text = ""  # the worker's last sd_notify STATUS=
+        self.health: str | None = None  # None: no healthcheck; else starting|healthy|unhealthy
 
     # -- the public face: events in --------------------------------------
     def handle(self, event: Event) -> None:
@@ -116,6 +117,15 @@ class Instance:
         """Running or on its way there, by itself or after a stop."""
         return self.state in ACTIVE or self.start_after_stop
 
+    @property
+    def serving(self) -> bool:
+        """RUNNING (ready), and healthy if it has a healthcheck."""
+        return self.state is State.RUNNING and self.health in (None, "healthy")
+
+    def set_health(self, health: str | None) -> None:
+        """What its healthcheck says now (None: it has none)."""
+        self.health = health
+
     def uptime(self) -> float | None:
         if self.pid is None or self.started_at is None:
             return None
@@ -131,6 +141,7 @@ class Instance:
                 "restarts": self.restarts, "failures": self.failures,
                 "shortage": self.shortage, "shortages": self.shortages,
                 "start_after_stop": self.start_after_stop, "status_text": self.status_text,
+                "health": self.health,
                 "timer": None if due is None else [due[0].value, due[1]]}
 
     def resume(self, snapshot: dict[str, Any]) -> None:
@@ -146,6 +157,7 @@ class Instance:
         self.shortages = int(snapshot["shortages"])
         self.start_after_stop = bool(snapshot["start_after_stop"])
         self.status_text = str(snapshot["status_text"])
+        self.health = _optional(str, snapshot.get("health"))
         self._cancel_timer()
         if snapshot["timer"] is not None:
             event, at = snapshot["timer"]
@@ -203,6 +215,12 @@ class Instance:
         if self._should_restart():
             self.restarts += 1
             self._launch()
+
+    def _restart(self) -> None:
+        # Counted as a restart, like an exit that autorestart answers.
+        self.restarts += 1
+        self.start_after_stop = True
+        self._begin_stop()
 
     def _begin_stop(self) -> None:
         self._cancel_timer()
