@@ -33,6 +33,7 @@ class ProcStat:
     pid: int
     pgrp: int
     cpu_ticks: int  # utime + stime of the process itself (all its threads)
+    waited_ticks: int  # cutime + cstime: of its children that it has waited for
     threads: int
     start_ticks: int  # since boot
 
@@ -48,6 +49,10 @@ class Sample:
 class Reading:
     sample: Sample
     figures: Figures
+    # CPU seconds of the group's processes and of the children they have
+    # waited for: what the group has used since its leader started, so it
+    # does not fall when a member's child exits (a counter, for metrics).
+    used_seconds: float
 
 
 def parse_stat(data: bytes) -> ProcStat:
@@ -56,7 +61,8 @@ def parse_stat(data: bytes) -> ProcStat:
     # fields[0] is field 3 (state) of proc(5); only the first 22 are split.
     fields = data[data.rindex(b")") + 2:].split(None, 20)
     return ProcStat(pid=pid, pgrp=int(fields[2]), cpu_ticks=int(fields[11]) + int(fields[12]),
-                    threads=int(fields[17]), start_ticks=int(fields[19]))
+                    waited_ticks=int(fields[13]) + int(fields[14]), threads=int(fields[17]),
+                    start_ticks=int(fields[19]))
 
 
 def parse_statm_rss(data: bytes) -> int:
@@ -236,6 +242,14 @@ class ResourceSampler:
         self._last = (oldest, pids, figures)
         return figures
 
+    def cpu_seconds(self, name: str, pid: int) -> float | None:
+        """The CPU seconds used by the group of `pid` (and the children its
+        members waited for) at its last reading, if that reading was of pid."""
+        reading = self.readings.get(name)
+        if reading is None or reading.sample.pid != pid:
+            return None
+        return reading.used_seconds
+
     def _forget_others(self, pids: dict[str, int]) -> None:
         """Drop the readings of processes that are no longer a worker's."""
         for name in [name for name, reading in self.readings.items()
@@ -255,7 +269,8 @@ class ResourceSampler:
             base = previous.sample if previous and previous.sample.pid == pid \
                 else _since_start(members[0], now)
             figures[name] = (round(cpu_percent(base, current), 1), self.groups.rss(members))
-            self.readings[name] = Reading(current, figures[name])
+            used = sum(m.cpu_ticks + m.waited_ticks for m in members) / CLOCK_TICKS
+            self.readings[name] = Reading(current, figures[name], used)
         return figures
 
 

@@ -84,10 +84,11 @@ class RowParts:
 
 
 class StatusReport:
-    def __init__(self, registry: Registry, logs: Logs) -> None:
+    def __init__(self, registry: Registry, logs: Logs,
+                 resources: ResourceSampler | None = None) -> None:
         self.registry = registry
         self.logs = logs
-        self.resources = ResourceSampler(is_leader=lambda pid: registry.by_pid(pid) is not None)
+        self.resources = resources or worker_sampler(registry)
         self._parts: dict[str, RowParts] = {}
 
     def rows_json(self, instances: list[Instance]) -> str:
@@ -126,6 +127,11 @@ class StatusReport:
         names = {instance.name for instance in configured}
         for name in self._parts.keys() - names:
             del self._parts[name]
+
+
+def worker_sampler(registry: Registry) -> ResourceSampler:
+    """A sampler that knows the workers' main processes (never orphans)."""
+    return ResourceSampler(is_leader=lambda pid: registry.by_pid(pid) is not None)
 
 
 def _json_number(value: float | None) -> str:
