@@ -385,6 +385,16 @@ def cmd_top(client: Client, args: Args) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(client: Client, args: Args) -> int:
+    """Print the Prometheus text exposition of superd and every instance."""
+    result = as_object(client.request("metrics", {}))
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(str(result["text"]))
+    return EXIT_OK
+
+
 def cmd_completion(client: Client | None, args: Args) -> int:
     """Print a bash or zsh completion script: commands, options, and the
     running daemon's worker and instance names."""
@@ -448,6 +458,7 @@ COMMANDS: dict[str, Handler] = {
     "events": cmd_events,
     "reexec": cmd_reexec,
     "top": cmd_top,
+    "metrics": cmd_metrics,
     "completion": cmd_completion,
 }
 

@@ -40,6 +40,7 @@ QUICK_GRAMMAR: dict[str, Grammar] = {
     "reload": ((), None, ()),
     "events": ((), None, ()),
     "reexec": ((), None, ()),
+    "metrics": ((), None, ()),
     "top": ((), None, ()),  # -d SECONDS takes a value: that form is argparse's
 }
 
@@ -176,6 +177,7 @@ def build_parser(commands: Mapping[str, object]) -> argparse.ArgumentParser:
     command("reload")
     command("events")
     command("reexec")
+    command("metrics")
     command("top").add_argument(
         "-d", "--delay", type=positive_seconds, default=1.0, metavar="SECONDS",
         help="seconds between refreshes (default 1)")

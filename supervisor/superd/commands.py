@@ -77,6 +77,7 @@ class Commands:
         self.orchestrator = supervisor.orchestrator
         self.logs = supervisor.logs
         self.status = supervisor.status
+        self.metrics = supervisor.metrics
         self.launcher = supervisor.launcher
         self.daemon = daemon
         self.subscribers = Subscribers(supervisor.bus)
@@ -135,6 +136,10 @@ class Commands:
     def cmd_status(self, args: dict[str, Any], reply: Reply) -> None:
         """One row per named instance (all when none are named)."""
         reply.ok_json(self.status.rows_json(self._instances(args)))
+
+    def cmd_metrics(self, args: dict[str, Any], reply: Reply) -> None:
+        """The Prometheus text exposition of superd and every instance, as `text`."""
+        reply.ok({"text": self.metrics.text()})
 
     def cmd_start(self, args: dict[str, Any], reply: Reply) -> None:
         """Start instances; with wait (default) reply once RUNNING or FATAL."""

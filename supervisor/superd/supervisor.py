@@ -4,8 +4,8 @@ Runtime through which each Instance acts (spawn, signal, timers, transitions).
 Who owns what: the registry holds the instances and reaps; the orchestrator
 starts and stops them in dependency order; the launcher builds and forks a
 worker; logs owns its output; the reconfigurer applies a reload; the status
-report builds `status` rows; the bus carries events.  Runs entirely inside
-the loop and never blocks.
+report builds `status` rows and the metrics report the Prometheus text; the
+bus carries events.  Runs entirely inside the loop and never blocks.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
 from .loop import Loop, Timer
+from .metrics import MetricsReport
 from .names import instance_index
 from .orchestrator import Orchestrator
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
@@ -33,7 +34,7 @@ from .registry import Registry
 from .reload import instance_configs
 from .running import RunningConfig
 from .states import State
-from .status import StatusReport
+from .status import StatusReport, worker_sampler
 from .waiters import Waiters
 from .worker import Instance
 
@@ -58,7 +59,9 @@ class Supervisor:
         self.logs = Logs(running, loop, self._log_failed, daemon_log)
         self.launcher = Launcher(self.logs, self.sockets, self._notify_address,
                                  launched or Launched())
-        self.status = StatusReport(self.registry, self.logs)
+        resources = worker_sampler(self.registry)  # one, so CPU% spans the same readings
+        self.status = StatusReport(self.registry, self.logs, resources)
+        self.metrics = MetricsReport(self.registry, self.logs, resources)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
                                          self.new_instance)
         self.registry.replace(self.new_instance(worker, instance_index(name))
