@@ -29,6 +29,7 @@ from .keeper import become_keeper
 from .launcher import Launched
 from .listen import ListenError
 from .loop import Loop, Timer
+from .metricsserver import MetricsEndpoint, MetricsError
 from .notify import SystemdNotifier, notify_ready, notify_reloading, notify_stopping
 from .reexec import (
     CRASH_WINDOW,
@@ -75,6 +76,7 @@ class Daemon:
         self.commands = Commands(self.supervisor, self)
         self.pidfile_fd: int | None = None
         self.control: ControlServer | None = None
+        self.metrics = MetricsEndpoint(self.loop, self.supervisor.metrics.text)
         self.shutdown_callbacks: list[Callable[[], None]] = []
         self.shutdown_timer: Timer | None = None
         self.started_at = time.monotonic()  # of the first image: a re-exec keeps it
@@ -95,7 +97,9 @@ class Daemon:
                                      self.commands.dispatch, daemon.max_connections)
         try:
             self.supervisor.open_sockets()
-        except ListenError as exc:
+            # Like node_exporter's: an address taken is a daemon that does not start.
+            self.metrics.open(daemon.metrics)
+        except (ListenError, MetricsError) as exc:
             raise StartupError(str(exc)) from None
         self._handle_signals()
         become_subreaper()
@@ -124,6 +128,7 @@ class Daemon:
         sock = socket.socket(fileno=int(state["control"]))
         self.control = ControlServer(self.loop, sock, daemon.socket, daemon.socket_group,
                                      self.commands.dispatch, daemon.max_connections)
+        self.metrics.adopt(state.get("metrics"), daemon.metrics)
         # Handlers first, then the signals kept pending since the exec: they
         # only wake the loop, which runs once everything is taken over; and a
         # worker started below must not inherit a blocked mask.
@@ -184,6 +189,19 @@ class Daemon:
         self.supervisor.reconfigurer.apply(plan, applied)
 
     def _apply_daemon_section(self, plan: Plan) -> None:
+        try:
+            metrics = self.metrics.prepare(plan.config.daemon.metrics)
+        except MetricsError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            self._apply_control_section(plan)
+        except BaseException:
+            if metrics is not None:
+                metrics.discard()
+            raise
+        self.metrics.commit(metrics)
+
+    def _apply_control_section(self, plan: Plan) -> None:
         old, new = self.running.daemon, plan.config.daemon
         assert self.control is not None
         if plan.rebind:
@@ -261,6 +279,7 @@ class Daemon:
         self.commands.say_farewell(event)
         assert self.control is not None
         self.control.close_connections()  # after the event; clients reconnect
+        self.metrics.close_connections()  # its listening socket goes to the new image
         if self.systemd:
             notify_reloading()
         _flush_own_log()
@@ -288,6 +307,7 @@ class Daemon:
                        "systemd": self.systemd},
             "pidfile": self.pidfile_fd,
             "control": self.control.fileno(),
+            "metrics": self.metrics.handover(),
             "workers": self.supervisor.handover(),
         }
 
@@ -371,6 +391,7 @@ class Daemon:
     def close(self) -> None:
         if self.control is not None:
             self.control.close()
+        self.metrics.close()
         self.supervisor.close_sockets()
         if self.pidfile_fd is not None:
             _unlink(self.running.daemon.pidfile)

@@ -77,6 +77,9 @@ def kept_fds(state: State) -> list[int]:
     kept = [state["pidfile"], state["control"], *workers["sockets"].values()]
     if workers["notify"] is not None:
         kept.append(workers["notify"])
+    metrics = state.get("metrics")  # absent in a state from before metrics
+    if metrics is not None:
+        kept.append(metrics["fd"])
     kept.extend(pipe[0] for pipes in workers["logs"].values() for pipe in pipes)
     return kept
 
