@@ -259,3 +259,41 @@ def test_a_taken_address_stops_the_start(superd: Superd) -> None:
     assert done.stderr == (f"superd: cannot serve metrics on tcp://127.0.0.1:{port}: "
                            "Address already in use\n")
     assert superd.pid is None and not Path(superd.socket).exists()
+
+
+# An image from before metrics: its state has no "metrics" (and so its
+# metrics socket, which none of its kind had, is closed at the exec).
+OLD_STATE = '''
+from superd import daemon
+
+_handover = daemon.Daemon.handover
+
+
+def handover(self):
+    state = _handover(self)
+    del state["metrics"]
+    return state
+
+
+daemon.Daemon.handover = handover
+'''
+
+
+def test_a_state_without_the_metrics_socket_resumes_and_binds(superd: Superd,
+                                                              tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(OLD_STATE)
+    superd.env["PYTHONPATH"] = str(site)
+    port = free_port()
+    start(superd, port)
+    before = listening_inode(port)
+    pids = {row["name"]: row["pid"] for row in superd.status()}
+    done = superd.ctl("reexec")
+    assert done.returncode == 0, done.stderr
+    assert superd.call("ping")["reexecs"] == 1
+    assert {row["name"]: row["pid"] for row in superd.status()} == pids
+    status, _, body = wait_for(lambda: (answer := request(port))[0] == 200 and answer,
+                               what="the new image to serve metrics")
+    assert instance_names(body.decode()) == {"web:0", "web:1"}
+    assert listening_inode(port) not in (None, before)  # bound by the new image

@@ -10,8 +10,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from superd.handover import kept_fds
+from superd.loop import Loop
 from superd.metrics import FAMILIES, MetricsReport, escape_help, escape_label, number
-from superd.metricsserver import MAX_HEAD, answer_status, response
+from superd.metricsserver import (
+    MAX_HEAD,
+    MetricsEndpoint,
+    MetricsServer,
+    answer_status,
+    bind_metrics,
+    response,
+)
 from superd.resources import CLOCK_TICKS, ProcFiles, ResourceSampler, parse_stat
 from superd.states import Event, State
 from superd.worker import Instance
@@ -225,3 +233,52 @@ def test_cpu_seconds_count_the_group_and_the_children_it_waited_for() -> None:
     sampler.measure({"sh": 4242})
     assert sampler.cpu_seconds("sh", 4242) == 800 / CLOCK_TICKS
     assert sampler.cpu_seconds("sh", 4243) is None  # a reading of another process
+
+
+# --- the responder's shared text and its socket across images -------------------------
+
+def test_scrapes_close_together_share_one_text() -> None:
+    loop = Loop()
+    rendered: list[int] = []
+
+    def render() -> str:
+        rendered.append(1)
+        return f"text {len(rendered)}\n"
+
+    sock = bind_metrics("tcp://127.0.0.1:0")
+    server = MetricsServer(loop, sock, "tcp://127.0.0.1:0", render)
+    try:
+        holder = object()
+        server.connections.add(holder)  # type: ignore[arg-type]
+        assert server.body() == server.body() == b"text 1\n"
+        server.forget(holder)  # type: ignore[arg-type]
+        assert server.body() == b"text 2\n"  # the last one gone: made afresh
+    finally:
+        server.close()
+        loop.close()
+
+
+def test_an_endpoint_takes_its_socket_over_or_binds() -> None:
+    loop = Loop()
+    endpoint = MetricsEndpoint(loop, lambda: "")
+    try:
+        endpoint.open("tcp://127.0.0.1:0")
+        saved = endpoint.handover()
+        assert saved is not None and saved["address"] == "tcp://127.0.0.1:0"
+        # As at the exec: the descriptor goes on, this image's hold on it does not.
+        assert endpoint.server is not None
+        loop.remove_reader(int(str(saved["fd"])))
+        endpoint.server.sock.detach()
+        successor = MetricsEndpoint(loop, lambda: "")
+        successor.adopt(saved, "tcp://127.0.0.1:0")
+        assert successor.handover() == saved  # the same socket
+        successor.close()
+        other = MetricsEndpoint(loop, lambda: "")
+        other.adopt(None, "tcp://127.0.0.1:0")  # a state from before metrics
+        assert other.handover() is not None
+        other.close()
+        nothing = MetricsEndpoint(loop, lambda: "")
+        nothing.adopt(None, None)
+        assert nothing.handover() is None
+    finally:
+        loop.close()

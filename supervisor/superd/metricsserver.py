@@ -11,6 +11,10 @@ the answer written as the socket takes it within WRITE_TIMEOUT.  After the
 answer superd shuts its side and reads what the client still sends, for at
 most LINGER seconds and MAX_DISCARD bytes, before it closes: a close with
 unread input would send a reset, which can destroy the answer on its way.
+
+Scrapes that come within BODY_REUSE seconds of each other while one is
+being answered share one text (as they share one reading of /proc), so
+sixteen scrapers at once cost one rendering and one copy of it, not sixteen.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import errno
 import logging
 import re
 import socket
+import time
 from collections.abc import Callable
 
 from .listen import parse_listen
@@ -35,6 +40,7 @@ LINGER = 2.0  # seconds to wait for the client's close after the answer
 MAX_DISCARD = 1 << 16  # bytes read and dropped after the answer
 READ_SIZE = 4096
 BACKLOG = 64
+BODY_REUSE = 0.5  # seconds a rendered text answers other scrapes (resources.FRESH_FOR)
 ACCEPT_BATCH = 16  # bounded, so a connect storm cannot starve the loop
 ACCEPT_RETRY = (0.1, 1.0)  # first and longest pause after accept() failed
 PATH = "/metrics"
@@ -86,13 +92,18 @@ def answer_status(head: bytes) -> tuple[int, bool]:
     return (200 if path == PATH.encode() else 404), method == b"HEAD"
 
 
-def response(status: int, body: bytes, head_only: bool = False) -> bytes:
-    """The whole HTTP/1.1 response: status line, headers, then the body."""
+def response_head(status: int, length: int) -> bytes:
+    """The status line and headers of an answer with a body of `length` bytes."""
     content_type = CONTENT_TYPE if status == 200 else "text/plain; charset=utf-8"
     allow = "Allow: GET, HEAD\r\n" if status == 405 else ""
-    head = (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n{allow}Connection: close\r\n\r\n")
-    return head.encode() if head_only else head.encode() + body
+    return (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\n{allow}Connection: close\r\n\r\n").encode()
+
+
+def response(status: int, body: bytes, head_only: bool = False) -> bytes:
+    """The whole HTTP/1.1 response: status line, headers, then the body."""
+    head = response_head(status, len(body))
+    return head if head_only else head + body
 
 
 def error_body(status: int) -> bytes:
@@ -109,7 +120,7 @@ class HttpConnection:
         self.fd = sock.fileno()
         self.loop = server.loop
         self.head = bytearray()
-        self.output = memoryview(b"")
+        self.output: list[memoryview] = []  # what is left to send, in order
         self.discarded = 0
         self.closed = False
         self.timer: Timer | None = None
@@ -140,38 +151,45 @@ class HttpConnection:
         if not data:
             self.close()  # gone before it asked anything: nothing to answer
             return
+        searched = max(0, len(self.head) - 3)  # a head end may straddle two reads
         self.head += data
-        end = HEAD_END.search(self.head)
+        end = HEAD_END.search(self.head, searched)
         if end is not None:
             self._answer_request(bytes(self.head[:end.start()]))
         elif len(self.head) > MAX_HEAD:
-            self._answer(response(431, error_body(431)))
+            self._answer(431, error_body(431))
 
     def _answer_request(self, head: bytes) -> None:
         status, head_only = answer_status(head)
-        body = self.server.render().encode() if status == 200 else error_body(status)
-        self._answer(response(status, body, head_only))
+        body = self.server.body() if status == 200 else error_body(status)
+        self._answer(status, body, head_only)
 
     def _head_overdue(self) -> None:
         log.info("metrics client on fd %d sent no whole request within %g s; closing it",
                  self.fd, HEAD_TIMEOUT)
-        self._answer(response(408, error_body(408)))
+        self._answer(408, error_body(408))
 
-    def _answer(self, data: bytes) -> None:
+    def _answer(self, status: int, body: bytes, head_only: bool = False) -> None:
         self.loop.remove_reader(self.fd)
-        self.output = memoryview(data)
+        # Two parts, so that the body is the one the server shares, not a copy.
+        self.output = [memoryview(response_head(status, len(body)))]
+        if not head_only:
+            self.output.append(memoryview(body))
         self._arm(WRITE_TIMEOUT, self._write_overdue)
         self._write()
 
     def _write(self) -> None:
-        try:
-            sent = self.sock.send(self.output)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        self.output = self.output[sent:]
+        while self.output:
+            try:
+                sent = self.sock.send(self.output[0])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close()
+                return
+            self.output[0] = self.output[0][sent:]
+            if not self.output[0]:
+                self.output.pop(0)
         if self.output:
             if not self.loop.has_writer(self.fd):
                 self.loop.add_writer(self.fd, self._guarded(self._write))
@@ -218,8 +236,9 @@ class HttpConnection:
         self.loop.remove_writer(self.fd)
         if self.timer is not None:
             self.timer.cancel()
-        self.server.connections.discard(self)
+        self.output = []
         self.sock.close()
+        self.server.forget(self)
 
 
 # -- the listening socket -------------------------------------------------------------
@@ -230,6 +249,7 @@ class MetricsServer:
         self.address = address
         self.render = render
         self.connections: set[HttpConnection] = set()
+        self._body: tuple[float, bytes] | None = None  # the last text, and when it was made
         self._accept_failures = 0
         self._accept_retry: Timer | None = None
         sock.setblocking(False)
@@ -237,6 +257,20 @@ class MetricsServer:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def body(self) -> bytes:
+        """The text to answer a scrape with: made now, or shared with another
+        scrape that is still being answered and came at most BODY_REUSE ago."""
+        now = time.monotonic()
+        if self._body is None or now - self._body[0] >= BODY_REUSE:
+            self._body = (now, self.render().encode())
+        return self._body[1]
+
+    def forget(self, connection: HttpConnection) -> None:
+        """A connection is closed; with the last one goes the shared text."""
+        self.connections.discard(connection)
+        if not self.connections:
+            self._body = None
 
     def _on_accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -298,11 +332,14 @@ class MetricsServer:
 
 
 def refuse(client: socket.socket) -> None:
-    """One client too many: a 503 if its buffer takes it at once, then closed."""
+    """One client too many: a 503 if its buffer takes it at once, then closed.
+    What the client has sent by then is read first, so that the close sends
+    no reset ahead of the answer."""
     try:
         client.setblocking(False)
         client.send(response(503, b"superd serves at most %d metrics connections at once\n"
                              % MAX_CONNECTIONS))
+        client.recv(MAX_HEAD)
     except OSError:
         pass
     client.close()
@@ -344,12 +381,7 @@ class MetricsEndpoint:
         """After a re-exec: go on with the socket the image before served on
         (as the state names it; None in a state from before metrics), else bind.
         A failure is logged, not raised: the workers matter more."""
-        sock = None
-        if saved is not None:
-            sock = socket.socket(fileno=int(str(saved["fd"])))
-            if saved.get("address") != address:
-                sock.close()
-                sock = None
+        sock = None if saved is None else _adopted(saved, address)
         if address is None:
             return
         try:
@@ -392,3 +424,16 @@ class MetricsEndpoint:
         if self.server is not None:
             self.server.close()
             self.server = None
+
+
+def _adopted(saved: dict[str, object], address: str | None) -> socket.socket | None:
+    """The socket the image before served on, if it is still the address wanted."""
+    try:
+        sock = socket.socket(fileno=int(str(saved["fd"])))
+    except (OSError, ValueError) as exc:
+        log.error("cannot take the metrics socket over (%s); binding it again", exc)
+        return None
+    if saved.get("address") == address:
+        return sock
+    sock.close()
+    return None
