@@ -367,6 +367,9 @@ def event_line(event: Row) -> str:
     if kind == "log_error":
         return f"{stamp} log_error {event.get('name') or 'superd'}: {event.get('path')}: " \
                f"{event.get('message')}"
+    if kind == "health":
+        return f"{stamp} {event.get('name')} health {event.get('from')} -> " \
+               f"{event.get('to')} pid {event.get('pid')} ({event.get('message')})"
     if kind == "reexec":
         return f"{stamp} reexec ({event.get('reason')}): superd pid {event.get('pid')} " \
                f"re-executes itself, re-exec {event.get('reexecs')}"
