@@ -184,3 +184,22 @@ def test_promtool_accepts_the_text(superd: Superd) -> None:
     broken = text.replace("# TYPE superd_instance_up gauge\n", "")  # the check can fail
     assert subprocess.run(["promtool", "check", "metrics"], input=broken + broken, text=True,
                           capture_output=True, timeout=DEADLINE).returncode != 0
+
+
+def test_healthy_follows_the_healthcheck(superd: Superd) -> None:
+    superd.start({
+        "fine": sleeper(numprocs=2, healthcheck={"exec": ["true"], "interval": "100ms"}),
+        "waiting": sleeper(healthcheck={"exec": ["true"], "start_period": "10m"}),
+        "plain": sleeper(),
+    })
+
+    def health() -> dict[str, Any]:
+        return {name: row["health"] for name, row in status_rows(superd).items()}
+
+    wait_for(lambda: health() == {"fine:0": "healthy", "fine:1": "healthy",
+                                  "waiting": "starting", "plain": None},
+             what="the healthchecks' verdicts")
+    [(kind, samples)] = [family for name, family in parsed(metrics_text(superd)).items()
+                         if name == "superd_instance_healthy"]
+    assert kind == "gauge"
+    assert by_instance(samples) == {"fine:0": 1, "fine:1": 1, "waiting": 0}
