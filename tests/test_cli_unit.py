@@ -506,6 +506,7 @@ def test_quick_parser_agrees_with_argparse_wherever_it_answers(argv: list[str]) 
         ["-s", "x", "stop", "all"],
         ["signal", "HUP", "web"],
         ["shutdown"], ["reopen"], ["reload"], ["events", "--json"], ["-s", "x", "top"],
+        ["-s", "x", "metrics"], ["metrics", "--json"],
     ],
 )
 def test_common_forms_skip_argparse(argv: list[str]) -> None:
