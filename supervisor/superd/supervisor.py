@@ -100,6 +100,7 @@ class Supervisor:
         log.info("%s: health %s -> %s (%s)", instance.name, old, new, message)
         self.bus.publish(health_event(instance.name, old, new, instance.pid, message))
         self.waiters.wake(instance)  # `serving` may have changed
+
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
         self.registry.reap(self._died)
