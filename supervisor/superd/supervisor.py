@@ -4,7 +4,8 @@ Runtime through which each Instance acts (spawn, signal, timers, transitions).
 Who owns what: the registry holds the instances and reaps; the orchestrator
 starts and stops them in dependency order; the launcher builds and forks a
 worker; logs owns its output; the reconfigurer applies a reload; the status
-report builds `status` rows; the bus carries events.  Runs entirely inside
+report builds `status` rows; the memory guard enforces `max_memory`; the bus
+carries events.  Runs entirely inside
 the loop and never blocks.
 """
 
@@ -26,11 +27,12 @@ from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
 from .loop import Loop, Timer
+from .memory import MemoryGuard, ProcGroupRss
 from .names import instance_index
 from .orchestrator import Orchestrator
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .registry import Registry
-from .reload import instance_configs
+from .reload import Plan, instance_configs
 from .running import RunningConfig
 from .states import State
 from .status import StatusReport
@@ -59,6 +61,8 @@ class Supervisor:
         self.launcher = Launcher(self.logs, self.sockets, self._notify_address,
                                  launched or Launched())
         self.status = StatusReport(self.registry, self.logs)
+        self.memory = MemoryGuard(loop.call_later, ProcGroupRss(self._is_worker),
+                                  self.bus.publish)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
                                          self.new_instance)
         self.registry.replace(self.new_instance(worker, instance_index(name))
@@ -66,6 +70,16 @@ class Supervisor:
 
     def new_instance(self, worker: WorkerConfig, index: int) -> Instance:
         return Instance(worker, index, self)
+
+    def _is_worker(self, pid: int) -> bool:
+        return self.registry.by_pid(pid) is not None
+
+    def apply(self, plan: Plan, callback: Callable[[], None]) -> None:
+        """Carry out a reload; call back once every touched instance has settled."""
+        self.reconfigurer.apply(plan, callback)
+        # An instance whose settings changed without a move of state (numprocs
+        # alone) is looked at again for its max_memory.
+        self.memory.review(self.registry.instances())
 
     # -- Runtime, as seen by Instance -------------------------------------
     def spawn(self, instance: Instance) -> int:
@@ -81,6 +95,7 @@ class Supervisor:
 
     def transition(self, instance: Instance, old: State, new: State) -> None:
         _log_transition(instance, old, new)
+        self.memory.update(instance)
         self.bus.publish(state_event(instance.name, old.value, new.value, instance.pid,
                                      instance.exit_status))
         ready = instance.config.ready
@@ -126,6 +141,7 @@ class Supervisor:
                 "console": {stream: encode_bytes(data)
                             for stream, data in self.logs.console_output().items()},
                 "orchestrator": self.orchestrator.pending(),
+                "memory": self.memory.snapshot(),
                 "sockets": self.sockets.fds_by_name(),
                 "notify": None if notify is None else notify.sock.fileno()}
 
@@ -138,6 +154,8 @@ class Supervisor:
         self.notify_server = NotifyServer(self.loop, address, self.registry.find_notifier, bound)
         for snapshot in saved["instances"]:
             self._take_over_instance(snapshot)
+        self.memory.review(self.registry.instances())  # resume() moves no state: no hook ran
+        self.memory.resume(saved.get("memory", {}))  # absent from an image without it
         for name, pipes in saved["logs"].items():
             instance = self.registry.get(name)
             if instance is None:
