@@ -4,9 +4,9 @@ Runtime through which each Instance acts (spawn, signal, timers, transitions).
 Who owns what: the registry holds the instances and reaps; the orchestrator
 starts and stops them in dependency order; the launcher builds and forks a
 worker; logs owns its output; the reconfigurer applies a reload; the status
-report builds `status` rows; the memory guard enforces `max_memory`; the bus
-carries events.  Runs entirely inside
-the loop and never blocks.
+report builds `status` rows; the health checks and the memory guard watch
+RUNNING instances; the bus carries events.  Runs entirely inside the loop
+and never blocks.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from collections.abc import Callable
 
 from .apply import Reconfigurer
 from .config import WorkerConfig
-from .events import EventBus, log_error_event, state_event
+from .events import EventBus, health_event, log_error_event, state_event
 from .exits import describe_exit
 from .handover import decode_bytes, encode_bytes
+from .health import HealthChecks, ProbeMaker
 from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
@@ -63,6 +64,8 @@ class Supervisor:
         self.status = StatusReport(self.registry, self.logs)
         self.memory = MemoryGuard(loop.call_later, ProcGroupRss(self._is_worker),
                                   self.bus.publish)
+        self.health = HealthChecks(loop, ProbeMaker(loop, self.launcher, self.registry.watch),
+                                   self._health_changed)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
                                          self.new_instance)
         self.registry.replace(self.new_instance(worker, instance_index(name))
@@ -95,14 +98,23 @@ class Supervisor:
 
     def transition(self, instance: Instance, old: State, new: State) -> None:
         _log_transition(instance, old, new)
-        self.memory.update(instance)
         self.bus.publish(state_event(instance.name, old.value, new.value, instance.pid,
                                      instance.exit_status))
         ready = instance.config.ready
         if new is State.STARTING and ready.kind == "tcp" and ready.port is not None:
             TcpProbe(self.loop, instance, ready.port)
+        if new is State.RUNNING:
+            self.health.running(instance)
+        elif old is State.RUNNING:
+            self.health.not_running(instance)
+        self.memory.update(instance)
         self.waiters.wake(instance)
 
+    def _health_changed(self, instance: Instance, old: str | None, new: str,
+                        message: str) -> None:
+        log.info("%s: health %s -> %s (%s)", instance.name, old, new, message)
+        self.bus.publish(health_event(instance.name, old, new, instance.pid, message))
+        self.waiters.wake(instance)  # `serving` may have changed
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
         self.registry.reap(self._died)
@@ -142,6 +154,7 @@ class Supervisor:
                             for stream, data in self.logs.console_output().items()},
                 "orchestrator": self.orchestrator.pending(),
                 "memory": self.memory.snapshot(),
+                "health": self.health.handover(),
                 "sockets": self.sockets.fds_by_name(),
                 "notify": None if notify is None else notify.sock.fileno()}
 
@@ -169,6 +182,8 @@ class Supervisor:
         self.logs.queue_console_output({stream: decode_bytes(data)
                                         for stream, data in saved["console"].items()})
         self.orchestrator.resume(saved["orchestrator"])
+        self.health.take_over(saved.get("health", {}), self.registry.instances(),
+                              lambda pid: self.registry.watch(pid, _ignore_exit))
 
     def _take_over_instance(self, snapshot: dict[str, Any]) -> None:
         instance = self.registry.get(snapshot["name"])
@@ -216,6 +231,10 @@ class Supervisor:
             if not alive or time.monotonic() >= deadline:
                 return
             time.sleep(0.05)
+
+
+def _ignore_exit(wait_status: int) -> None:
+    """An exec probe the image before ended, reaped: nothing more to do."""
 
 
 def _log_transition(instance: Instance, old: State, new: State) -> None:
