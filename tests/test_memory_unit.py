@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from superd.cli import event_line
 from superd.config import load
+from superd.events import memory_event
 from superd.memory import CHECK_EVERY, MemoryGuard, ProcGroupRss, Run, next_run
 from superd.states import Event, State
 from superd.worker import Instance
@@ -248,3 +250,9 @@ def test_out_of_fds_a_check_is_a_missed_reading(tmp_path: Path) -> None:
     finally:
         group.kill()
         group.wait()
+
+
+def test_superctl_events_prints_a_memory_event_as_one_line() -> None:
+    line = event_line(memory_event("api", 5801, 584 * MiB, 512 * MiB))
+    assert line.split(" ", 1)[1] == "api memory 584.0M above max_memory 512.0M pid 5801; " \
+        "restarting"
