@@ -370,6 +370,10 @@ def event_line(event: Row) -> str:
     if kind == "health":
         return f"{stamp} {event.get('name')} health {event.get('from')} -> " \
                f"{event.get('to')} pid {event.get('pid')} ({event.get('message')})"
+    if kind == "memory":
+        return f"{stamp} {event.get('name')} memory {format_bytes(event.get('rss_bytes'))} " \
+               f"above max_memory {format_bytes(event.get('max_memory'))} pid " \
+               f"{event.get('pid')}; restarting"
     if kind == "reexec":
         return f"{stamp} reexec ({event.get('reason')}): superd pid {event.get('pid')} " \
                f"re-executes itself, re-exec {event.get('reexecs')}"

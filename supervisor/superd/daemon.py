@@ -181,7 +181,7 @@ class Daemon:
             notify_ready()
             on_done(result)
 
-        self.supervisor.reconfigurer.apply(plan, applied)
+        self.supervisor.apply(plan, applied)
 
     def _apply_daemon_section(self, plan: Plan) -> None:
         old, new = self.running.daemon, plan.config.daemon

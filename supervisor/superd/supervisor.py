@@ -4,8 +4,9 @@ Runtime through which each Instance acts (spawn, signal, timers, transitions).
 Who owns what: the registry holds the instances and reaps; the orchestrator
 starts and stops them in dependency order; the launcher builds and forks a
 worker; logs owns its output; the reconfigurer applies a reload; the status
-report builds `status` rows; the bus carries events.  Runs entirely inside
-the loop and never blocks.
+report builds `status` rows; the health checks and the memory guard watch
+RUNNING instances; the bus carries events.  Runs entirely inside the loop
+and never blocks.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
 from .loop import Loop, Timer
+from .memory import MemoryGuard, ProcGroupRss
 from .names import instance_index
 from .orchestrator import Orchestrator
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .registry import Registry
-from .reload import instance_configs
+from .reload import Plan, instance_configs
 from .running import RunningConfig
 from .states import State
 from .status import StatusReport
@@ -60,6 +62,8 @@ class Supervisor:
         self.launcher = Launcher(self.logs, self.sockets, self._notify_address,
                                  launched or Launched())
         self.status = StatusReport(self.registry, self.logs)
+        self.memory = MemoryGuard(loop.call_later, ProcGroupRss(self._is_worker),
+                                  self.bus.publish)
         self.health = HealthChecks(loop, ProbeMaker(loop, self.launcher, self.registry.watch),
                                    self._health_changed)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
@@ -69,6 +73,16 @@ class Supervisor:
 
     def new_instance(self, worker: WorkerConfig, index: int) -> Instance:
         return Instance(worker, index, self)
+
+    def _is_worker(self, pid: int) -> bool:
+        return self.registry.by_pid(pid) is not None
+
+    def apply(self, plan: Plan, callback: Callable[[], None]) -> None:
+        """Carry out a reload; call back once every touched instance has settled."""
+        self.reconfigurer.apply(plan, callback)
+        # An instance whose settings changed without a move of state (numprocs
+        # alone) is looked at again for its max_memory.
+        self.memory.review(self.registry.instances())
 
     # -- Runtime, as seen by Instance -------------------------------------
     def spawn(self, instance: Instance) -> int:
@@ -93,6 +107,7 @@ class Supervisor:
             self.health.running(instance)
         elif old is State.RUNNING:
             self.health.not_running(instance)
+        self.memory.update(instance)
         self.waiters.wake(instance)
 
     def _health_changed(self, instance: Instance, old: str | None, new: str,
@@ -139,6 +154,7 @@ class Supervisor:
                 "console": {stream: encode_bytes(data)
                             for stream, data in self.logs.console_output().items()},
                 "orchestrator": self.orchestrator.pending(),
+                "memory": self.memory.snapshot(),
                 "health": self.health.handover(),
                 "sockets": self.sockets.fds_by_name(),
                 "notify": None if notify is None else notify.sock.fileno()}
@@ -152,6 +168,8 @@ class Supervisor:
         self.notify_server = NotifyServer(self.loop, address, self.registry.find_notifier, bound)
         for snapshot in saved["instances"]:
             self._take_over_instance(snapshot)
+        self.memory.review(self.registry.instances())  # resume() moves no state: no hook ran
+        self.memory.resume(saved.get("memory", {}))  # absent from an image without it
         for name, pipes in saved["logs"].items():
             instance = self.registry.get(name)
             if instance is None:
