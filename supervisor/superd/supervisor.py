@@ -2,10 +2,10 @@
 Runtime through which each Instance acts (spawn, signal, timers, transitions).
 
 Who owns what: the registry holds the instances and reaps; the orchestrator
-starts and stops them in dependency order; the launcher builds and forks a
-worker; logs owns its output; the reconfigurer applies a reload; the status
-report builds `status` rows; the bus carries events.  Runs entirely inside
-the loop and never blocks.
+starts and stops them in dependency order; rolls restarts them one at a
+time; the launcher builds and forks a worker; logs owns its output; the
+reconfigurer applies a reload; the status report builds `status` rows; the
+bus carries events.  Runs entirely inside the loop and never blocks.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .orchestrator import Orchestrator
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .registry import Registry
 from .reload import instance_configs
+from .rolling import Rolls
 from .running import RunningConfig
 from .states import State
 from .status import StatusReport
@@ -53,6 +54,7 @@ class Supervisor:
         self.registry = Registry(lambda: running.config.groups)
         self.waiters = Waiters()
         self.orchestrator = Orchestrator(running, self.registry, self.waiters)
+        self.rolls = Rolls(running, self.orchestrator)
         self.sockets = Listeners()
         self.notify_server: NotifyServer | None = None
         self.logs = Logs(running, loop, self._log_failed, daemon_log)
@@ -60,7 +62,8 @@ class Supervisor:
                                  launched or Launched())
         self.status = StatusReport(self.registry, self.logs)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
-                                         self.new_instance)
+                                         self.rolls, self.new_instance)
+        self.bus.subscribe(self._health_changed)
         self.registry.replace(self.new_instance(worker, instance_index(name))
                               for name, worker in instance_configs(running.config).items())
 
@@ -87,6 +90,17 @@ class Supervisor:
         if new is State.STARTING and ready.kind == "tcp" and ready.port is not None:
             TcpProbe(self.loop, instance, ready.port)
         self.waiters.wake(instance)
+
+    def _health_changed(self, event: dict[str, Any]) -> None:
+        # A health verdict changes whether an instance serves (what a rolling
+        # restart waits for) without a transition.  The wake comes after
+        # every listener has had the event: what it sets off is announced
+        # after what caused it.
+        if event["event"] != "health":
+            return
+        instance = self.registry.get(event["name"])
+        if instance is not None:
+            self.loop.call_later(0, lambda: self.waiters.wake(instance))
 
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
