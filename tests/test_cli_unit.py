@@ -536,7 +536,8 @@ def test_common_forms_skip_argparse(argv: list[str]) -> None:
         [], ["-h"], ["status", "--help"], ["--sock", "x", "ping"], ["--socket=x", "ping"],
         ["-s", "x", "-c", "y", "ping"], ["-s", "x", "-s", "y", "ping"], ["-s"], ["-s", "-c"],
         ["bogus"], ["start"], ["ping", "extra"], ["status", "--no-wait"], ["signal", "HUP"],
-        ["status", "-x"], ["start", "--rolling", "web"], ["logs", "web:0"], ["signal", "HUP", "--json", "web"],
+        ["status", "-x"], ["start", "--rolling", "web"], ["logs", "web:0"],
+        ["signal", "HUP", "--json", "web"],
         ["top", "-d", "0.5"],
     ],
 )

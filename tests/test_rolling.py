@@ -264,9 +264,9 @@ def test_a_roll_stops_at_the_instance_that_fails(superd: Superd) -> None:
         (superd.folder / "log" / "superd.log").read_text()
 
 
-def slow_sleepers() -> dict[str, object]:
-    # Each instance takes a second to be RUNNING: a roll of three takes three.
-    return {"command": ["sleep", "600"], "numprocs": 3, "startsecs": "1s"}
+def slow_sleepers(startsecs: str = "1s") -> dict[str, object]:
+    # Each instance takes startsecs to be RUNNING: a roll of three, three times that.
+    return {"command": ["sleep", "600"], "numprocs": 3, "startsecs": startsecs}
 
 
 def begin_roll(superd: Superd) -> Client:
@@ -321,3 +321,20 @@ def test_a_shutdown_ends_the_roll(superd: Superd) -> None:
         "not restarted: rolling restart ended (superd is shutting down)",
         "not restarted: rolling restart ended (superd is shutting down)",
     ]
+
+
+def test_a_reexec_drops_the_roll_and_leaves_the_instances_as_they_are(superd: Superd) -> None:
+    superd.start({"web": slow_sleepers("4s")})  # web:0's turn outlasts the re-exec
+    wait_for(lambda: all_running(superd), what="web:0..2 RUNNING")
+    before = pids(superd)
+    client = begin_roll(superd)
+    assert superd.ctl("reexec").returncode == 0
+    assert client.receive() is None  # closed with the others, without the reply
+    client.close()
+    row = superd.wait_state("web:0", "RUNNING")  # it finishes the restart it was in
+    assert row["pid"] != before["web:0"]
+    assert {name: pids(superd)[name] for name in ("web:1", "web:2")} == \
+        {name: before[name] for name in ("web:1", "web:2")}
+    # Nothing holds them any more: a new roll is taken.
+    again = superd.ctl("restart", "--rolling", "web:2")
+    assert again.returncode == 0, again.stderr
