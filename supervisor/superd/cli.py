@@ -77,31 +77,33 @@ def render_table(table: list[list[str]]) -> list[str]:
 
 
 def status_table(rows: list[Row], colour: bool) -> list[str]:
-    show_usage = any(
-        r.get("cpu_percent") is not None or r.get("rss_bytes") is not None for r in rows
-    )
-    notes = [exit_note(row) for row in rows]
-    show_notes = any(notes)
-    header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS"]
-    if show_usage:
-        header += ["CPU%", "RSS"]
-    if show_notes:
-        header.append("LAST EXIT")
-    show_text = any(r.get("status_text") for r in rows)
-    if show_text:
-        header.append("STATUS")
-    table = [header]
-    for row, note in zip(rows, notes, strict=True):
-        cells = status_cells(row)
-        if show_usage:
-            cells += [format_cpu(row.get("cpu_percent")), format_bytes(row.get("rss_bytes"))]
-        if show_notes:
-            cells.append(note)
-        if show_text:
-            cells.append(str(row.get("status_text") or ""))
-        table.append(cells)
+    """NAME STATE PID UPTIME RESTARTS, then each optional column that some row fills."""
+    extras = [(header, cells) for header, shown, cells in OPTIONAL_COLUMNS
+              if any(shown(row) for row in rows)]
+    table = [["NAME", "STATE", "PID", "UPTIME", "RESTARTS",
+              *(name for header, _ in extras for name in header)]]
+    for row in rows:
+        table.append([*status_cells(row), *(cell for _, cells in extras for cell in cells(row))])
     lines = render_table(table)
     return paint_states(lines, [cells[1] for cells in table[1:]]) if colour else lines
+
+
+def usage_cells(row: Row) -> list[str]:
+    return [format_cpu(row.get("cpu_percent")), format_bytes(row.get("rss_bytes"))]
+
+
+# (headers, does a row fill them, its cells): shown when any row fills them.
+OPTIONAL_COLUMNS: tuple[tuple[tuple[str, ...], Callable[[Row], bool],
+                              Callable[[Row], list[str]]], ...] = (
+    (("CPU%", "RSS"),
+     lambda row: row.get("cpu_percent") is not None or row.get("rss_bytes") is not None,
+     usage_cells),
+    (("HEALTH",), lambda row: row.get("health") is not None,
+     lambda row: [str(row.get("health") or "-")]),
+    (("LAST EXIT",), lambda row: bool(exit_note(row)), lambda row: [exit_note(row)]),
+    (("STATUS",), lambda row: bool(row.get("status_text")),
+     lambda row: [str(row.get("status_text") or "")]),
+)
 
 
 def status_cells(row: Row) -> list[str]:
@@ -368,6 +370,9 @@ def event_line(event: Row) -> str:
     if kind == "log_error":
         return f"{stamp} log_error {event.get('name') or 'superd'}: {event.get('path')}: " \
                f"{event.get('message')}"
+    if kind == "health":
+        return f"{stamp} {event.get('name')} health {event.get('from')} -> " \
+               f"{event.get('to')} pid {event.get('pid')} ({event.get('message')})"
     if kind == "reexec":
         return f"{stamp} reexec ({event.get('reason')}): superd pid {event.get('pid')} " \
                f"re-executes itself, re-exec {event.get('reexecs')}"

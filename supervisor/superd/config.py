@@ -958,7 +958,7 @@ def _port_text(value: object) -> str:
 def _http_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected an http:// URL, got {_describe(value)}")
-    from .httpprobe import split_url  # the probe's own rules for what it can fetch
+    from .probes import split_url  # the probe's own rules for what it can fetch
 
     split_url(value)
     return value

@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import LogConfig
-from .expand import expanded_command, expanded_directory, expanded_logs, instance_environment
+from .expand import (
+    expand,
+    expanded_command,
+    expanded_directory,
+    expanded_logs,
+    instance_environment,
+)
 from .keeper import guard
 from .listen import Listeners
 from .logs import Logs
@@ -53,6 +59,26 @@ class Launcher:
             log.error("%s: cannot start: %s", instance.name, exc)
             raise
         return pid  # its STARTING transition logs the pid and command
+
+    def launch_probe(self, instance: Instance, env: dict[str, str]) -> tuple[int, int]:
+        """Start the instance's exec healthcheck as the worker would be started
+        (user, folder, environment, umask), in a session of its own, with no
+        sockets; its pid and the read end of its stdout and stderr."""
+        worker = instance.config
+        assert worker.healthcheck is not None
+        argv = tuple(expand(argument, env) for argument in worker.healthcheck.argv)
+        output, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            spec = SpawnSpec(argv=argv, env=env, directory=expanded_directory(worker, env),
+                             umask=worker.umask, user=worker.user, stdout_fd=write_end,
+                             stderr_fd=write_end, nofile=self.launched.nofile)
+            pid = spawn(spec, self.guard() != "pdeathsig")
+        except BaseException:
+            os.close(output)
+            raise
+        finally:
+            os.close(write_end)
+        return pid, output
 
     def guard(self) -> str:
         """What kills the workers if superd dies (keeper.guard)."""

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 from .apply import Reconfigurer
 from .config import WorkerConfig
-from .events import EventBus, log_error_event, state_event
+from .events import EventBus, health_event, log_error_event, state_event
 from .exits import describe_exit
 from .handover import decode_bytes, encode_bytes
+from .health import HealthChecks, ProbeMaker
 from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
@@ -61,9 +62,10 @@ class Supervisor:
         self.launcher = Launcher(self.logs, self.sockets, self._notify_address,
                                  launched or Launched())
         self.status = StatusReport(self.registry, self.logs)
+        self.health = HealthChecks(loop, ProbeMaker(loop, self.launcher, self.registry.watch),
+                                   self._health_changed)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
                                          self.rolls, self.new_instance)
-        self.bus.subscribe(self._health_changed)
         self.registry.replace(self.new_instance(worker, instance_index(name))
                               for name, worker in instance_configs(running.config).items())
 
@@ -89,18 +91,17 @@ class Supervisor:
         ready = instance.config.ready
         if new is State.STARTING and ready.kind == "tcp" and ready.port is not None:
             TcpProbe(self.loop, instance, ready.port)
+        if new is State.RUNNING:
+            self.health.running(instance)
+        elif old is State.RUNNING:
+            self.health.not_running(instance)
         self.waiters.wake(instance)
 
-    def _health_changed(self, event: dict[str, Any]) -> None:
-        # A health verdict changes whether an instance serves (what a rolling
-        # restart waits for) without a transition.  The wake comes after
-        # every listener has had the event: what it sets off is announced
-        # after what caused it.
-        if event["event"] != "health":
-            return
-        instance = self.registry.get(event["name"])
-        if instance is not None:
-            self.loop.call_later(0, lambda: self.waiters.wake(instance))
+    def _health_changed(self, instance: Instance, old: str | None, new: str,
+                        message: str) -> None:
+        log.info("%s: health %s -> %s (%s)", instance.name, old, new, message)
+        self.bus.publish(health_event(instance.name, old, new, instance.pid, message))
+        self.waiters.wake(instance)  # `serving` may have changed
 
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
@@ -140,6 +141,7 @@ class Supervisor:
                 "console": {stream: encode_bytes(data)
                             for stream, data in self.logs.console_output().items()},
                 "orchestrator": self.orchestrator.pending(),
+                "health": self.health.handover(),
                 "sockets": self.sockets.fds_by_name(),
                 "notify": None if notify is None else notify.sock.fileno()}
 
@@ -165,6 +167,8 @@ class Supervisor:
         self.logs.queue_console_output({stream: decode_bytes(data)
                                         for stream, data in saved["console"].items()})
         self.orchestrator.resume(saved["orchestrator"])
+        self.health.take_over(saved.get("health", {}), self.registry.instances(),
+                              lambda pid: self.registry.watch(pid, _ignore_exit))
 
     def _take_over_instance(self, snapshot: dict[str, Any]) -> None:
         instance = self.registry.get(snapshot["name"])
@@ -212,6 +216,10 @@ class Supervisor:
             if not alive or time.monotonic() >= deadline:
                 return
             time.sleep(0.05)
+
+
+def _ignore_exit(wait_status: int) -> None:
+    """An exec probe the image before ended, reaped: nothing more to do."""
 
 
 def _log_transition(instance: Instance, old: State, new: State) -> None:

@@ -82,7 +82,8 @@ class Instance:
         self._timer: TimerHandle | None = None
         self._timer_due: tuple[Event, float] | None = None  # what the timer fires, and when
         self.status_text = ""  # the worker's last sd_notify STATUS=
-        self.health: str | None = None  # None: no healthcheck; else starting|healthy|unhealthy
+        # None without a healthcheck; else starting, healthy or unhealthy (health.py)
+        self.health: str | None = None if config.healthcheck is None else "starting"
 
     # -- the public face: events in --------------------------------------
     def handle(self, event: Event) -> None:
@@ -105,6 +106,8 @@ class Instance:
 
     def reconfigure(self, config: WorkerConfig) -> None:
         """Run with these settings from the next spawn on (a reload)."""
+        if (config.healthcheck is None) != (self.config.healthcheck is None):
+            self.health = None if config.healthcheck is None else "starting"
         self.config = config
 
     @property
@@ -157,7 +160,8 @@ class Instance:
         self.shortages = int(snapshot["shortages"])
         self.start_after_stop = bool(snapshot["start_after_stop"])
         self.status_text = str(snapshot["status_text"])
-        self.health = _optional(str, snapshot.get("health"))
+        if "health" in snapshot:  # an image before healthchecks has none to give
+            self.health = _optional(str, snapshot["health"])
         self._cancel_timer()
         if snapshot["timer"] is not None:
             event, at = snapshot["timer"]
