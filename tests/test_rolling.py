@@ -338,3 +338,32 @@ def test_a_reexec_drops_the_roll_and_leaves_the_instances_as_they_are(superd: Su
     # Nothing holds them any more: a new roll is taken.
     again = superd.ctl("restart", "--rolling", "web:2")
     assert again.returncode == 0, again.stderr
+
+
+def test_a_roll_waits_for_each_instance_to_be_healthy(superd: Superd) -> None:
+    # Each process is RUNNING at once but healthy only once it has made its
+    # marker, a second after it started (and it removes the old one first).
+    command = ("rm -f healthy-$SUPERD_INSTANCE; sleep 1; touch healthy-$SUPERD_INSTANCE; "
+               "exec sleep 600")
+    superd.start({"web": {"command": ["sh", "-c", command], "numprocs": 2, "startsecs": 0,
+                          "healthcheck": {"exec": ["sh", "-c", "test -e healthy-$SUPERD_INSTANCE"],
+                                          "interval": "200ms", "timeout": "1s",
+                                          "retries": 50}}})
+    wait_for(lambda: all(row["health"] == "healthy" for row in superd.status("web")),
+             what="web:0 and web:1 healthy")
+    events = Client(superd.socket)
+    assert events.result("subscribe") == {}
+    done = superd.ctl("restart", "--rolling", "web")
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = []
+    # The reply came once web:1 was healthy: every event up to it has been sent.
+    while ("health", "web:1", "healthy") not in seen:
+        message = events.receive()
+        assert message is not None, "the daemon closed the event stream"
+        kind, event = message
+        if kind == Kind.EVENT and event["event"] in ("state", "health"):
+            seen.append((event["event"], event["name"], event["to"]))
+    events.close()
+    # web:1 is stopped only once web:0 is healthy again, not when it is RUNNING.
+    assert seen.index(("health", "web:0", "healthy")) < seen.index(("state", "web:1", "STOPPING"))
+    assert seen.index(("state", "web:0", "RUNNING")) < seen.index(("health", "web:0", "healthy"))

@@ -28,8 +28,8 @@ class Timer:
 
 class Runtime:
     """Spawns pids, keeps no timers, and wakes the waiters on every
-    transition as the Supervisor does; with health, a new process starts
-    out `starting`, as the health checks set it."""
+    transition as the Supervisor does; with health, a process that becomes
+    RUNNING is `starting` first, as health.py makes it."""
 
     def __init__(self, waiters: Waiters, health: bool) -> None:
         self.waiters = waiters
@@ -47,7 +47,7 @@ class Runtime:
         return Timer()
 
     def transition(self, instance: Instance, old: State, new: State) -> None:
-        if self.health and new is State.STARTING:
+        if self.health and new is State.RUNNING:
             instance.set_health("starting")
         self.waiters.wake(instance)
 
