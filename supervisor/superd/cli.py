@@ -232,8 +232,11 @@ def cmd_stop(client: Client, args: Args) -> int:
 
 
 def cmd_restart(client: Client, args: Args) -> int:
-    """Stop then start instances."""
-    wire_args = {"names": args.names, "wait": not args.no_wait}
+    """Stop then start instances; --rolling: one at a time, each RUNNING (and
+    healthy) before the next is stopped."""
+    wire_args: Row = {"names": args.names, "wait": not args.no_wait}
+    if args.rolling:
+        wire_args["rolling"] = True
     return run_action(
         client, args, "restart", wire_args, "restarting" if args.no_wait else "restarted"
     )

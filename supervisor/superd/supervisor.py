@@ -2,11 +2,11 @@
 Runtime through which each Instance acts (spawn, signal, timers, transitions).
 
 Who owns what: the registry holds the instances and reaps; the orchestrator
-starts and stops them in dependency order; the launcher builds and forks a
-worker; logs owns its output; the reconfigurer applies a reload; the status
-report builds `status` rows; the health checks and the memory guard watch
-RUNNING instances; the bus carries events.  Runs entirely inside the loop
-and never blocks.
+starts and stops them in dependency order; rolls restarts them one at a
+time; the launcher builds and forks a worker; logs owns its output; the
+reconfigurer applies a reload; the status report builds `status` rows; the
+health checks and the memory guard watch RUNNING instances; the bus carries
+events.  Runs entirely inside the loop and never blocks.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .orchestrator import Orchestrator
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .registry import Registry
 from .reload import Plan, instance_configs
+from .rolling import Rolls
 from .running import RunningConfig
 from .states import State
 from .status import StatusReport
@@ -56,6 +57,7 @@ class Supervisor:
         self.registry = Registry(lambda: running.config.groups)
         self.waiters = Waiters()
         self.orchestrator = Orchestrator(running, self.registry, self.waiters)
+        self.rolls = Rolls(running, self.orchestrator)
         self.sockets = Listeners()
         self.notify_server: NotifyServer | None = None
         self.logs = Logs(running, loop, self._log_failed, daemon_log)
@@ -67,7 +69,7 @@ class Supervisor:
         self.health = HealthChecks(loop, ProbeMaker(loop, self.launcher, self.registry.watch),
                                    self._health_changed)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
-                                         self.new_instance)
+                                         self.rolls, self.new_instance)
         self.registry.replace(self.new_instance(worker, instance_index(name))
                               for name, worker in instance_configs(running.config).items())
 
