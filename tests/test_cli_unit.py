@@ -288,6 +288,20 @@ def test_start_no_wait_and_stop_succeed(
     assert capsys.readouterr().out == "web: starting\nweb: stopped\nweb: restarted\n"
 
 
+def test_restart_rolling_asks_for_a_roll_and_fails_with_a_row(
+    serve: Callable[[Answer], FakeDaemon], capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = [{"name": "web:0", "state": "RUNNING", "ok": True, "error": None},
+               {"name": "web:1", "state": "FATAL", "ok": False, "error": "exit 3"},
+               {"name": "web:2", "state": "RUNNING", "ok": False,
+                "error": "not restarted: web:1 failed"}]
+    daemon = serve(lambda req: ok(outcome))
+    assert superctl(daemon, "restart", "--rolling", "web") == 1
+    assert daemon.requests[0]["args"] == {"names": ["web"], "wait": True, "rolling": True}
+    assert capsys.readouterr().out == ("web:0: restarted\nweb:1: FATAL (exit 3)\n"
+                                       "web:2: RUNNING (not restarted: web:1 failed)\n")
+
+
 def test_signal_passes_names_and_numbers(serve: Callable[[Answer], FakeDaemon]) -> None:
     daemon = serve(
         lambda req: ok([{"name": "web", "state": "STOPPED", "ok": False, "error": "not running"}])
@@ -455,12 +469,13 @@ def test_socket_option_never_imports_yaml(tmp_path: Path) -> None:
 # Anything, and forms close to the common ones (where the two parsers could
 # disagree without either refusing).
 TOKENS = [
-    "-s", "-c", "--socket", "--config", "--json", "--no-wait", "--socket=x", "-sx", "--sock",
+    "-s", "-c", "--socket", "--config", "--json", "--no-wait", "--rolling", "--socket=x", "-sx",
+    "--sock",
     "-h", "--help", "--", "-9", "-n", "5", "-f", "--stderr", "", "x", "web", "all", "HUP",
     *cli.COMMANDS, "bogus",
 ]
 GLOBAL_OPTIONS = [["-s", "x"], ["-c", "f.yaml"], ["--socket", ""], ["--config", "f"], ["--json"]]
-AFTER_COMMAND = ["--json", "--no-wait", "web", "all", "HUP", "", "status"]
+AFTER_COMMAND = ["--json", "--no-wait", "--rolling", "web", "all", "HUP", "", "status"]
 ARGVS = st.lists(st.sampled_from(TOKENS), max_size=7) | st.builds(
     lambda options, command, rest: [token for option in options for token in option]
     + [command, *rest],
@@ -503,6 +518,7 @@ def test_quick_parser_agrees_with_argparse_wherever_it_answers(argv: list[str]) 
         ["ping"],
         ["start", "--no-wait", "web", "db"],
         ["-s", "x", "restart", "web", "--no-wait", "--json"],
+        ["restart", "--rolling", "web"],
         ["-s", "x", "stop", "all"],
         ["signal", "HUP", "web"],
         ["shutdown"], ["reopen"], ["reload"], ["events", "--json"], ["-s", "x", "top"],
@@ -521,7 +537,8 @@ def test_common_forms_skip_argparse(argv: list[str]) -> None:
         [], ["-h"], ["status", "--help"], ["--sock", "x", "ping"], ["--socket=x", "ping"],
         ["-s", "x", "-c", "y", "ping"], ["-s", "x", "-s", "y", "ping"], ["-s"], ["-s", "-c"],
         ["bogus"], ["start"], ["ping", "extra"], ["status", "--no-wait"], ["signal", "HUP"],
-        ["status", "-x"], ["logs", "web:0"], ["signal", "HUP", "--json", "web"],
+        ["status", "-x"], ["start", "--rolling", "web"], ["logs", "web:0"],
+        ["signal", "HUP", "--json", "web"],
         ["top", "-d", "0.5"],
     ],
 )

@@ -127,6 +127,8 @@ def test_bash_completes_commands_and_options(shell_env: dict[str, str], tmp_path
                                                 "--socket", "--json"]
     assert bash_complete(env, "superctl -s x --js") == ["--json"]
     assert bash_complete(env, "superctl start --") == ["--help", "--json", "--no-wait"]
+    assert bash_complete(env, "superctl restart --") == ["--help", "--json", "--no-wait",
+                                                         "--rolling"]
     assert set(bash_complete(env, "superctl logs -")) >= {"-n", "-f", "--stderr", "--json"}
     assert bash_complete(env, "superctl top -") == ["-h", "--help", "--json", "-d", "--delay"]
     assert bash_complete(env, "superctl completion ") == ["bash", "zsh"]

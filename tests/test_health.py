@@ -4,6 +4,8 @@ wake-ups with and without probes."""
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import subprocess
 import sys
@@ -260,3 +262,36 @@ def test_probes_are_the_only_wake_ups(superd: Superd) -> None:
     assert superd.status("web")["health"] is None
     time.sleep(1.5)  # the reload's own aftermath (log flush) is over
     assert wake_ups(daemon, 3.0) == 0
+
+
+def test_a_probe_superd_cannot_make_is_not_counted(superd: Superd) -> None:
+    port = str(free_port())
+    superd.start({"web": server(superd.folder, port, healthcheck={
+        "tcp": int(port), "interval": "100ms", "retries": 1})})
+    wait_for(lambda: superd.status("web")["health"] == "healthy", what="web healthy")
+    daemon = superd.pid or 0
+    client = superd.client()  # connected now: later a connection would need an fd
+    pid = client.result("status", {"names": ["web"]})[0]["pid"]
+    used = {int(fd) for fd in os.listdir(f"/proc/{daemon}/fd")}
+    saved = resource.prlimit(daemon, resource.RLIMIT_NOFILE)
+    # No fd free below the soft limit: every probe's socket() fails, EMFILE.
+    resource.prlimit(daemon, resource.RLIMIT_NOFILE,
+                     (next(n for n in range(len(used) + 1) if n not in used), saved[1]))
+    log = superd.folder / "log" / "superd.log"
+    try:
+        wait_for(lambda: "healthcheck not run: cannot probe: Too many open files"
+                 in log.read_text(), what="a probe superd could not make")
+        began = time.monotonic()
+        while time.monotonic() - began < 1.0:  # ten probes that cannot be made
+            row = client.result("status", {"names": ["web"]})[0]
+            assert (row["pid"], row["health"]) == (pid, "healthy"), row
+            time.sleep(0.05)
+    finally:
+        resource.prlimit(daemon, resource.RLIMIT_NOFILE, saved)
+    (superd.folder / "deaf").touch()  # and probes that can be made count again
+    wait_for(lambda: client.result("status", {"names": ["web"]})[0]["pid"] != pid,
+             what="web restarted once it fails a real probe")
+    (superd.folder / "deaf").unlink()
+    client.close()
+    skipped = [line for line in log.read_text().splitlines() if "healthcheck not run" in line]
+    assert 1 <= len(skipped) <= 4, skipped  # about a line a second, not one per probe

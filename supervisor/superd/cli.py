@@ -232,8 +232,11 @@ def cmd_stop(client: Client, args: Args) -> int:
 
 
 def cmd_restart(client: Client, args: Args) -> int:
-    """Stop then start instances."""
-    wire_args = {"names": args.names, "wait": not args.no_wait}
+    """Stop then start instances; --rolling: one at a time, each RUNNING (and
+    healthy) before the next is stopped."""
+    wire_args: Row = {"names": args.names, "wait": not args.no_wait}
+    if args.rolling:
+        wire_args["rolling"] = True
     return run_action(
         client, args, "restart", wire_args, "restarting" if args.no_wait else "restarted"
     )
@@ -370,6 +373,10 @@ def event_line(event: Row) -> str:
     if kind == "health":
         return f"{stamp} {event.get('name')} health {event.get('from')} -> " \
                f"{event.get('to')} pid {event.get('pid')} ({event.get('message')})"
+    if kind == "memory":
+        return f"{stamp} {event.get('name')} memory {format_bytes(event.get('rss_bytes'))} " \
+               f"above max_memory {format_bytes(event.get('max_memory'))} pid " \
+               f"{event.get('pid')}; restarting"
     if kind == "reexec":
         return f"{stamp} reexec ({event.get('reason')}): superd pid {event.get('pid')} " \
                f"re-executes itself, re-exec {event.get('reexecs')}"

@@ -33,7 +33,7 @@ QUICK_GRAMMAR: dict[str, Grammar] = {
     "status": ((), 0, ()),
     "start": ((), 1, ("--no-wait",)),
     "stop": ((), 1, ()),
-    "restart": ((), 1, ("--no-wait",)),
+    "restart": ((), 1, ("--no-wait", "--rolling")),
     "signal": (("sig",), 1, ()),
     "shutdown": ((), None, ()),
     "reopen": ((), None, ()),
@@ -57,6 +57,7 @@ class Args:
     json: bool = False
     names: list[str] = []  # shared, so never appended to: assigned whole
     no_wait: bool = False
+    rolling: bool = False
     sig: str = ""
     lines: int = 50
     follow: bool = False
@@ -154,12 +155,15 @@ def build_parser(commands: Mapping[str, object]) -> argparse.ArgumentParser:
 
     command("ping")
     command("status").add_argument("names", nargs="*", metavar="NAME")
-    for name in ("start", "restart"):
-        sub = command(name)
+    start, restart = command("start"), command("restart")
+    for sub in (start, restart):
         sub.add_argument("names", nargs="+", metavar="NAME", help="worker, instance or 'all'")
         sub.add_argument(
             "--no-wait", action="store_true", help="return without waiting for RUNNING"
         )
+    restart.add_argument(
+        "--rolling", action="store_true",
+        help="one instance at a time, each RUNNING (and healthy) before the next is stopped")
     command("stop").add_argument(
         "names", nargs="+", metavar="NAME", help="worker, instance or 'all'"
     )

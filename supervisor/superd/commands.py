@@ -21,6 +21,7 @@ from .logfile import Follow, LogFile, merged_tail
 from .protocol import Kind
 from .registry import UnknownName
 from .reload import ReloadRefused
+from .rolling import Outcome, RollBusy
 from .states import State
 from .supervisor import Supervisor
 from .worker import Instance
@@ -75,6 +76,7 @@ class Commands:
     def __init__(self, supervisor: Supervisor, daemon: DaemonHooks) -> None:
         self.registry = supervisor.registry
         self.orchestrator = supervisor.orchestrator
+        self.rolls = supervisor.rolls
         self.logs = supervisor.logs
         self.status = supervisor.status
         self.metrics = supervisor.metrics
@@ -143,7 +145,7 @@ class Commands:
 
     def cmd_start(self, args: dict[str, Any], reply: Reply) -> None:
         """Start instances; with wait (default) reply once RUNNING or FATAL."""
-        instances, wait = self._instances(args), _wait_flag(args)
+        instances, wait = self._instances(args), _flag(args, "wait", True)
         if self._refuse_during_shutdown(reply):
             return
         self.orchestrator.start_all(instances)
@@ -152,16 +154,37 @@ class Commands:
     def cmd_stop(self, args: dict[str, Any], reply: Reply) -> None:
         """Stop instances; reply once every one is STOPPED."""
         instances = self._instances(args)
+        self.rolls.end_rolls_of(instances, "was stopped")
         self.orchestrator.stop_in_order(instances,
                                         lambda: reply.ok(outcome(instances, State.STOPPED)))
 
     def cmd_restart(self, args: dict[str, Any], reply: Reply) -> None:
-        """Stop (if running) then start instances; reply as start does."""
-        instances, wait = self._instances(args), _wait_flag(args)
+        """Stop (if running) then start instances; reply as start does.  With
+        rolling, one at a time in dependency order, each serving (RUNNING,
+        and healthy if it has a healthcheck) before the next is stopped."""
+        instances, wait = self._instances(args), _flag(args, "wait", True)
+        rolling = _flag(args, "rolling", False)
         if self._refuse_during_shutdown(reply):
+            return
+        try:
+            self.rolls.check_free(instances)
+        except RollBusy as exc:
+            reply.error("busy", str(exc))
+            return
+        if rolling:
+            self._roll(self.orchestrator.in_start_order(instances), wait, reply)
             return
         self.orchestrator.restart(instances)
         self._reply_when_started(instances, wait, reply)
+
+    def _roll(self, instances: list[Instance], wait: bool, reply: Reply) -> None:
+        def rolled(outcome: Outcome) -> None:
+            if wait:
+                reply.ok([result_row(i, why is None, why) for i, why in outcome])
+
+        self.rolls.begin(instances, rolled)
+        if not wait:
+            reply.ok([result_row(i, i.state is not State.FATAL) for i in instances])
 
     def cmd_signal(self, args: dict[str, Any], reply: Reply) -> None:
         """Send a signal to the process group of each running instance."""
@@ -253,11 +276,11 @@ class Commands:
                                        lambda: reply.ok(outcome(instances, State.RUNNING)))
 
 
-def _wait_flag(args: dict[str, Any]) -> bool:
-    wait = args.get("wait", True)
-    if not isinstance(wait, bool):
-        raise BadArgs("'wait' must be true or false")
-    return wait
+def _flag(args: dict[str, Any], key: str, default: bool) -> bool:
+    value = args.get(key, default)
+    if not isinstance(value, bool):
+        raise BadArgs(f"'{key}' must be true or false")
+    return value
 
 
 def _logs_args(args: dict[str, Any]) -> tuple[int, str, bool]:

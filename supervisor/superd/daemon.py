@@ -186,7 +186,7 @@ class Daemon:
             notify_ready()
             on_done(result)
 
-        self.supervisor.reconfigurer.apply(plan, applied)
+        self.supervisor.apply(plan, applied)
 
     def _apply_daemon_section(self, plan: Plan) -> None:
         try:
@@ -349,6 +349,7 @@ class Daemon:
         notify_stopping()
         timeout = self.running.daemon.shutdown_timeout
         self.shutdown_timer = self.loop.call_later(timeout, self._shutdown_overdue)
+        self.supervisor.rolls.end_all("superd is shutting down")
         everything = self.supervisor.registry.everything()
         self.supervisor.orchestrator.stop_in_order(everything, self._finish_shutdown)
 

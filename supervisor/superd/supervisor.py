@@ -2,10 +2,12 @@
 Runtime through which each Instance acts (spawn, signal, timers, transitions).
 
 Who owns what: the registry holds the instances and reaps; the orchestrator
-starts and stops them in dependency order; the launcher builds and forks a
-worker; logs owns its output; the reconfigurer applies a reload; the status
-report builds `status` rows and the metrics report the Prometheus text; the
-bus carries events.  Runs entirely inside the loop and never blocks.
+starts and stops them in dependency order; rolls restarts them one at a
+time; the launcher builds and forks a worker; logs owns its output; the
+reconfigurer applies a reload; the status report builds `status` rows and
+the metrics report the Prometheus text; the health checks and the memory
+guard watch RUNNING instances; the bus carries events.  Runs entirely
+inside the loop and never blocks.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from .launcher import Launched, Launcher, signal_group
 from .listen import Listeners
 from .logs import Logs
 from .loop import Loop, Timer
+from .memory import MemoryGuard, ProcGroupRss
 from .metrics import MetricsReport
 from .names import instance_index
 from .orchestrator import Orchestrator
 from .readiness import NotifyServer, TcpProbe, notify_socket_path
 from .registry import Registry
-from .reload import instance_configs
+from .reload import Plan, instance_configs
+from .rolling import Rolls
 from .running import RunningConfig
 from .states import State
 from .status import StatusReport, worker_sampler
@@ -55,6 +59,7 @@ class Supervisor:
         self.registry = Registry(lambda: running.config.groups)
         self.waiters = Waiters()
         self.orchestrator = Orchestrator(running, self.registry, self.waiters)
+        self.rolls = Rolls(running, self.orchestrator)
         self.sockets = Listeners()
         self.notify_server: NotifyServer | None = None
         self.logs = Logs(running, loop, self._log_failed, daemon_log)
@@ -63,15 +68,27 @@ class Supervisor:
         resources = worker_sampler(self.registry)  # one, so CPU% spans the same readings
         self.status = StatusReport(self.registry, self.logs, resources)
         self.metrics = MetricsReport(self.registry, self.logs, resources)
+        self.memory = MemoryGuard(loop.call_later, ProcGroupRss(self._is_worker),
+                                  self.bus.publish)
         self.health = HealthChecks(loop, ProbeMaker(loop, self.launcher, self.registry.watch),
                                    self._health_changed)
         self.reconfigurer = Reconfigurer(running, self.registry, self.orchestrator,
-                                         self.new_instance)
+                                         self.rolls, self.new_instance)
         self.registry.replace(self.new_instance(worker, instance_index(name))
                               for name, worker in instance_configs(running.config).items())
 
     def new_instance(self, worker: WorkerConfig, index: int) -> Instance:
         return Instance(worker, index, self)
+
+    def _is_worker(self, pid: int) -> bool:
+        return self.registry.by_pid(pid) is not None
+
+    def apply(self, plan: Plan, callback: Callable[[], None]) -> None:
+        """Carry out a reload; call back once every touched instance has settled."""
+        self.reconfigurer.apply(plan, callback)
+        # An instance whose settings changed without a move of state (numprocs
+        # alone) is looked at again for its max_memory.
+        self.memory.review(self.registry.instances())
 
     # -- Runtime, as seen by Instance -------------------------------------
     def spawn(self, instance: Instance) -> int:
@@ -96,6 +113,7 @@ class Supervisor:
             self.health.running(instance)
         elif old is State.RUNNING:
             self.health.not_running(instance)
+        self.memory.update(instance)
         self.waiters.wake(instance)
 
     def _health_changed(self, instance: Instance, old: str | None, new: str,
@@ -103,6 +121,7 @@ class Supervisor:
         log.info("%s: health %s -> %s (%s)", instance.name, old, new, message)
         self.bus.publish(health_event(instance.name, old, new, instance.pid, message))
         self.waiters.wake(instance)  # `serving` may have changed
+
     # -- reaping ----------------------------------------------------------
     def reap(self) -> None:
         self.registry.reap(self._died)
@@ -141,6 +160,7 @@ class Supervisor:
                 "console": {stream: encode_bytes(data)
                             for stream, data in self.logs.console_output().items()},
                 "orchestrator": self.orchestrator.pending(),
+                "memory": self.memory.snapshot(),
                 "health": self.health.handover(),
                 "sockets": self.sockets.fds_by_name(),
                 "notify": None if notify is None else notify.sock.fileno()}
@@ -154,6 +174,8 @@ class Supervisor:
         self.notify_server = NotifyServer(self.loop, address, self.registry.find_notifier, bound)
         for snapshot in saved["instances"]:
             self._take_over_instance(snapshot)
+        self.memory.review(self.registry.instances())  # resume() moves no state: no hook ran
+        self.memory.resume(saved.get("memory", {}))  # absent from an image without it
         for name, pipes in saved["logs"].items():
             instance = self.registry.get(name)
             if instance is None:
