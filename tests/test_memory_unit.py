@@ -207,7 +207,9 @@ def test_group_rss_reads_the_whole_group_of_a_real_process() -> None:
         members = read.groups.find({group.pid})[group.pid]
         rss = read({group.pid, 999_999_999})  # the second is no process: no reading
         assert set(rss) == {group.pid}
-        assert rss[group.pid] == read.groups.rss(members) > 3 * (100 << 10)
+        # Read twice, a moment apart: the members may still be touching pages.
+        assert abs(rss[group.pid] - read.groups.rss(members)) < 1 << 20
+        assert rss[group.pid] > 3 * (100 << 10)
     finally:
         os.killpg(group.pid, signal.SIGKILL)
         group.wait()
