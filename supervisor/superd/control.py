@@ -13,7 +13,6 @@ when it has run out of them.
 
 from __future__ import annotations
 
-import errno
 import grp
 import logging
 import os
@@ -23,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from .accepting import Acceptor
 from .loop import Loop, Timer
 from .protocol import MAX_REQUEST, Decoder, FrameError, Kind, TooLarge, encode, frame, to_json
 
@@ -33,9 +33,7 @@ MAX_UNANSWERED = 64  # requests of one client waiting for their replies (start, 
 READ_SIZE = 1 << 16
 REQUESTS_PER_TURN = 1  # a client's next request waits for the other clients' turns
 PARTIAL_FRAME_TIMEOUT = 30.0
-ACCEPT_BATCH = 64  # bounded, so a connect storm cannot starve the loop
-ACCEPT_RETRY = (0.1, 1.0)  # first and longest pause after accept() failed
-OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+ACCEPT_BATCH = 64  # clients accepted per wake-up of the listening socket
 UCRED = struct.Struct("3i")
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING: the daemon never imports typing
@@ -426,30 +424,13 @@ class ControlServer:
         self.max_connections = max_connections
         self.partial_frame_timeout = partial_frame_timeout
         self.connections: set[Connection] = set()
-        self._accept_failures = 0  # in the current episode of failing accept()
-        self._accept_retry: Timer | None = None
         self._spare_fd = _open_spare()
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self.on_accept)
+        self.acceptor = Acceptor(
+            loop, sock, self._admit, what="control connections", batch=ACCEPT_BATCH,
+            meanwhile="new clients wait or are refused until it works",
+            out_of_fds=self._refuse_one_with_spare_fd)
 
     # -- accepting ------------------------------------------------------------
-    def on_accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                client, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue  # that client gave up; the next may not have
-                self._note_accept_failure(exc)
-                if exc.errno in OUT_OF_FDS and self._refuse_one_with_spare_fd():
-                    continue
-                self._pause_accepting()
-                return
-            self._note_accept_success()
-            self._admit(client)
-
     def _admit(self, client: socket.socket) -> None:
         if len(self.connections) >= self.max_connections:
             refuse(client, f"superd serves at most {self.max_connections} control "
@@ -479,30 +460,6 @@ class ControlServer:
             refuse(client, "superd is out of file descriptors; try again later")
         self._spare_fd = _open_spare()  # the descriptor just closed is free again
         return client is not None
-
-    def _pause_accepting(self) -> None:
-        """Stop watching the listening socket for a while: it stays readable,
-        and retrying at once would spin."""
-        first, longest = ACCEPT_RETRY
-        delay = min(first * 2 ** (self._accept_failures - 1), longest)
-        self.loop.remove_reader(self.sock.fileno())
-        self._accept_retry = self.loop.call_later(delay, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        self._accept_retry = None
-        self.loop.add_reader(self.sock.fileno(), self.on_accept)
-
-    def _note_accept_failure(self, exc: OSError) -> None:
-        self._accept_failures += 1
-        if self._accept_failures == 1:
-            log.warning("cannot accept control connections: %s; new clients wait or are "
-                        "refused until it works", exc.strerror or exc)
-
-    def _note_accept_success(self) -> None:
-        if self._accept_failures:
-            log.info("accepting control connections again (%d failed tries)",
-                     self._accept_failures)
-            self._accept_failures = 0
 
     def peer_allowed(self, client: socket.socket) -> bool:
         creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
@@ -539,14 +496,10 @@ class ControlServer:
     def hold_accepting(self) -> None:
         """Accept nobody for now: connects wait in the kernel's backlog (for
         the next image, at a re-exec)."""
-        if self._accept_retry is not None:
-            self._accept_retry.cancel()
-            self._accept_retry = None
-        self.loop.remove_reader(self.sock.fileno())
+        self.acceptor.hold()
 
     def accept_again(self) -> None:
-        if not self.loop.has_reader(self.sock.fileno()):
-            self.loop.add_reader(self.sock.fileno(), self.on_accept)
+        self.acceptor.resume()
 
     def close_connections(self) -> None:
         """Write what each client's socket takes now, then close every one."""
@@ -556,10 +509,7 @@ class ControlServer:
 
     def close(self) -> None:
         self.close_connections()
-        if self._accept_retry is not None:
-            self._accept_retry.cancel()
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        self.acceptor.close()
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None

@@ -19,13 +19,13 @@ sixteen scrapers at once cost one rendering and one copy of it, not sixteen.
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
 import socket
 import time
 from collections.abc import Callable
 
+from .accepting import Acceptor
 from .listen import parse_listen
 from .loop import Loop, Timer
 from .metrics import CONTENT_TYPE
@@ -41,8 +41,7 @@ MAX_DISCARD = 1 << 16  # bytes read and dropped after the answer
 READ_SIZE = 4096
 BACKLOG = 64
 BODY_REUSE = 0.5  # seconds a rendered text answers other scrapes (resources.FRESH_FOR)
-ACCEPT_BATCH = 16  # bounded, so a connect storm cannot starve the loop
-ACCEPT_RETRY = (0.1, 1.0)  # first and longest pause after accept() failed
+ACCEPT_BATCH = 16  # clients accepted per wake-up of the listening socket
 PATH = "/metrics"
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -250,10 +249,8 @@ class MetricsServer:
         self.render = render
         self.connections: set[HttpConnection] = set()
         self._body: tuple[float, bytes] | None = None  # the last text, and when it was made
-        self._accept_failures = 0
-        self._accept_retry: Timer | None = None
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._on_accept)
+        self.acceptor = Acceptor(loop, sock, self._admit, what="metrics connections",
+                                 batch=ACCEPT_BATCH)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -272,22 +269,6 @@ class MetricsServer:
         if not self.connections:
             self._body = None
 
-    def _on_accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                client, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue
-                self._pause_accepting(exc)
-                return
-            if self._accept_failures:
-                log.info("accepting metrics connections again")
-                self._accept_failures = 0
-            self._admit(client)
-
     def _admit(self, client: socket.socket) -> None:
         if len(self.connections) >= MAX_CONNECTIONS:
             refuse(client)
@@ -301,22 +282,6 @@ class MetricsServer:
             return
         self.connections.add(connection)
 
-    def _pause_accepting(self, exc: OSError) -> None:
-        """Out of descriptors or the like: the socket stays readable, so stop
-        watching it for a while rather than spin."""
-        self._accept_failures += 1
-        if self._accept_failures == 1:
-            log.warning("cannot accept metrics connections: %s; retrying",
-                        exc.strerror or exc)
-        first, longest = ACCEPT_RETRY
-        self.loop.remove_reader(self.sock.fileno())
-        self._accept_retry = self.loop.call_later(
-            min(first * 2 ** (self._accept_failures - 1), longest), self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        self._accept_retry = None
-        self.loop.add_reader(self.sock.fileno(), self._on_accept)
-
     def close_connections(self) -> None:
         for connection in list(self.connections):
             connection.close()
@@ -324,11 +289,7 @@ class MetricsServer:
     def close(self) -> None:
         """Close every client and the listening socket."""
         self.close_connections()
-        if self._accept_retry is not None:
-            self._accept_retry.cancel()
-            self._accept_retry = None
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
+        self.acceptor.close()
 
 
 def refuse(client: socket.socket) -> None:
