@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from superd.loop import Loop
 from superd.protocol import MAX_REPLY, Decoder, Kind, encode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE,
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 
+
+
+def run_loop_until(loop: Loop, predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """Run an in-process Loop until predicate holds; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+
+    def check() -> None:
+        if predicate() or time.monotonic() > deadline:
+            loop.stop()
+        else:
+            loop.call_later(0.002, check)
+
+    loop.call_later(0, check)
+    loop.run()
+    assert predicate(), "condition not reached in the loop"
 
 @contextmanager
 def small_disk(folder: Path, size: str = "256k") -> Iterator[Path]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from superd.accepting import Acceptor
 from superd.loop import Loop
+from support import run_loop_until
 
 
 class FailingListener(socket.socket):
@@ -53,18 +53,8 @@ class Setup:
             client.connect(self.path)  # completes in the backlog
             self.clients.append(client)
 
-    def run_until(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-
-        def check() -> None:
-            if predicate() or time.monotonic() > deadline:
-                self.loop.stop()
-            else:
-                self.loop.call_later(0.002, check)
-
-        self.loop.call_later(0, check)
-        self.loop.run()
-        assert predicate(), "condition not reached in the loop"
+    def run_until(self, predicate: Callable[[], object]) -> None:
+        run_loop_until(self.loop, predicate)
 
     def close(self) -> None:
         for sock in self.admitted + self.clients:

@@ -18,7 +18,7 @@ from superd import control
 from superd.control import ControlServer, Reply
 from superd.loop import Loop
 from superd.protocol import HEADER, MAX_REPLY, Decoder, Kind, encode
-from support import request_frame
+from support import request_frame, run_loop_until
 
 Dispatch = Callable[[str, dict[str, Any], Reply], None]
 
@@ -86,17 +86,7 @@ class Harness:
 
     def run_until(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
         """Run the loop until predicate holds; fail at the deadline."""
-        deadline = time.monotonic() + timeout
-
-        def check() -> None:
-            if predicate() or time.monotonic() > deadline:
-                self.loop.stop()
-            else:
-                self.loop.call_later(0.002, check)
-
-        self.loop.call_later(0, check)
-        self.loop.run()
-        assert predicate(), "condition not reached in the loop"
+        run_loop_until(self.loop, predicate, timeout)
 
     def run_for(self, seconds: float) -> None:
         end = time.monotonic() + seconds
