@@ -194,6 +194,26 @@ def test_a_state_change_shows_at_the_next_refresh(superd: Superd, pane: Pane) ->
     pane.wait(lambda lines: ("idle", "RUNNING") in table_states(lines), "idle RUNNING")
 
 
+def test_health_shows_in_its_column_as_it_changes(superd: Superd, pane: Pane) -> None:
+    check = ["sh", "-c", "[ ! -e sick ]"]
+    superd.start({"web": worker(SLEEPER, healthcheck={"exec": check, "interval": "200ms",
+                                                      "retries": 1}),
+                  "plain": worker(SLEEPER)})
+    pane.start()
+
+    def health(lines: list[str]) -> dict[str, str]:
+        return {cells[0]: cells[-1] for cells in rows_of(lines) if len(cells) > 1}
+
+    lines = pane.wait(lambda lines: health(lines).get("web") == "healthy", "web healthy")
+    assert lines[1].split()[-1] == "HEALTH" and health(lines)["plain"] == "-"
+    (superd.folder / "sick").touch()  # unhealthy, restarted: starting (at once unhealthy)
+    pane.wait(lambda lines: health(lines).get("web") in ("starting", "unhealthy"),
+              "web no longer healthy")
+    (superd.folder / "sick").unlink()
+    pane.wait(lambda lines: health(lines).get("web") == "healthy", "web healthy again")
+    assert superd.status("web")["restarts"] >= 1
+
+
 # --- quitting ---------------------------------------------------------------------
 
 
