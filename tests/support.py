@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -283,3 +285,31 @@ class Superd:
             raise
         finally:
             reap_adopted()
+
+
+class TryLoop(threading.Thread):
+    """Calls `attempt` over and over until finish(), counting the tries it
+    answered (it returned True) and those refused (ConnectionRefusedError, or
+    FileNotFoundError for a socket path not there); any other OSError (a
+    connection closed under it, say by a re-exec) counts as neither."""
+
+    def __init__(self, attempt: Callable[[], bool]) -> None:
+        super().__init__(daemon=True)
+        self.attempt = attempt
+        self.refused = 0
+        self.answered = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                if self.attempt():
+                    self.answered += 1
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.refused += 1
+            except (OSError, http.client.HTTPException):
+                pass
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join(DEADLINE)

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from superd.metricsserver import HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD
-from support import DEADLINE, Superd, wait_for
+from support import DEADLINE, Superd, TryLoop, wait_for
 
 
 def free_port() -> int:
@@ -196,37 +196,12 @@ def listening_inode(port: int) -> str | None:
     return None
 
 
-class ScrapeLoop(threading.Thread):
-    """Scrapes over and over; counts refused connects and answers."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.refused = 0
-        self.answered = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                if request(self.port)[0] == 200:
-                    self.answered += 1
-            except ConnectionRefusedError:
-                self.refused += 1
-            except (OSError, http.client.HTTPException):
-                pass  # accepted by the old image and closed at its exec
-
-    def finish(self) -> None:
-        self.stopping.set()
-        self.join(DEADLINE)
-
-
 def test_a_reexec_keeps_the_listening_socket(superd: Superd) -> None:
     port = free_port()
     start(superd, port)
     inode = listening_inode(port)
     assert inode is not None
-    scrapes = ScrapeLoop(port)
+    scrapes = TryLoop(lambda: request(port)[0] == 200)
     scrapes.start()
     try:
         for count in range(1, 4):

@@ -21,7 +21,16 @@ import pytest
 import superd as superd_package
 from superd.handover import FORMAT, HandoverError, read_state, write_state
 from superd.reexec import CrashCount, exec_image, verdict
-from support import DEADLINE, REPO, Client, Superd, alive, wait_for, zombie_children
+from support import (
+    DEADLINE,
+    REPO,
+    Client,
+    Superd,
+    TryLoop,
+    alive,
+    wait_for,
+    zombie_children,
+)
 
 PY = sys.executable
 FAULT_INJECTION = REPO / "tests" / "faultinject"
@@ -79,35 +88,14 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-class ConnectLoop(threading.Thread):
-    """Connects and pings over and over; counts refused connects."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.refused = 0
-        self.answered = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client = Client(self.path)
-            except (ConnectionRefusedError, FileNotFoundError):
-                self.refused += 1
-                continue
-            try:
-                client.send("ping")
-                if client.receive() is not None:
-                    self.answered += 1
-            except OSError:
-                pass  # accepted by the old image and closed at its exec: clients reconnect
-            finally:
-                client.close()
-
-    def finish(self) -> None:
-        self.stopping.set()
-        self.join(DEADLINE)
+def ping_once(path: str) -> bool:
+    """Connect and ping; whether the ping was answered."""
+    client = Client(path)
+    try:
+        client.send("ping")
+        return client.receive() is not None
+    finally:
+        client.close()
 
 
 def start_followers(superd: Superd, output: Path) \
@@ -155,7 +143,7 @@ def test_ten_reexecs_keep_every_worker_pipe_and_line(superd: Superd, tmp_path: P
     assert pid is not None
     # The control and the notify socket, and no client's connection.
     fds_before = wait_for(lambda: (fds := open_fds(pid)).count("socket") == 2 and fds)
-    connects = ConnectLoop(superd.socket)
+    connects = TryLoop(lambda: ping_once(superd.socket))
     connects.start()
     try:
         for round_number in range(1, 11):
