@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -537,32 +537,12 @@ def _worker(parser: configparser.RawConfigParser, section: str, program_name: st
         add("umask", values.literal(umask.strip(), program.where("umask")))
     elif defaults.umask is not None:
         add("umask", defaults.umask, "[supervisord] umask")
-    autostart = program.convert("autostart", _boolean)
-    if autostart is not None:
-        add("autostart", autostart)
-    autorestart = program.convert("autorestart", _autorestart)
-    if autorestart is None:
-        add("autorestart", AUTORESTART[SUPERVISORD_AUTORESTART],
-            "supervisord's default (unexpected)")
-    else:
-        add("autorestart", autorestart)
-    exitcodes = program.convert("exitcodes", _exitcodes)
-    if exitcodes is not None:
-        add("exitcodes", exitcodes)
-    startsecs = program.convert("startsecs", _integer)
-    if startsecs is not None:
-        add("startsecs", f"{startsecs}s")
-    startretries = program.convert("startretries", _integer)
-    if startretries is None:
-        add("startretries", SUPERVISORD_STARTRETRIES, "supervisord's default")
-    else:
-        add("startretries", startretries)
-    stopsignal = program.convert("stopsignal", _signal)
-    if stopsignal is not None:
-        add("stopsignal", stopsignal)
-    stopwait = program.convert("stopwaitsecs", _integer)
-    if stopwait is not None:
-        add("stoptimeout", f"{stopwait}s")
+    for key, parse, target, written, absent in CONVERTED_KEYS:
+        value = program.convert(key, parse)
+        if value is not None:
+            add(target, written(value))
+        elif absent is not None:
+            add(target, *absent)
     for key in ("stopasgroup", "killasgroup"):
         raw = program.get(key)
         if raw is not None:
@@ -782,3 +762,29 @@ def _scalar(value: object) -> str:
 
 def _comment(text: str) -> str:
     return "# " + " ".join(text.split())
+
+
+def _as_is(value: Any) -> object:
+    return value
+
+
+def _seconds(value: Any) -> object:
+    return f"{value}s"
+
+
+# The keys converted one for one, in the order they are written: supervisord's
+# key, how its value is read, superd's key, how superd writes it, and what is
+# written when the key is absent (supervisord's default where superd's
+# differs, with its comment), else nothing.
+CONVERTED_KEYS: tuple[tuple[str, Callable[[str], Any], str, Callable[[Any], object],
+                            tuple[object, str] | None], ...] = (
+    ("autostart", _boolean, "autostart", _as_is, None),
+    ("autorestart", _autorestart, "autorestart", _as_is,
+     (AUTORESTART[SUPERVISORD_AUTORESTART], "supervisord's default (unexpected)")),
+    ("exitcodes", _exitcodes, "exitcodes", _as_is, None),
+    ("startsecs", _integer, "startsecs", _seconds, None),
+    ("startretries", _integer, "startretries", _as_is,
+     (SUPERVISORD_STARTRETRIES, "supervisord's default")),
+    ("stopsignal", _signal, "stopsignal", _as_is, None),
+    ("stopwaitsecs", _integer, "stoptimeout", _seconds, None),
+)
